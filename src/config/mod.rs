@@ -1,0 +1,343 @@
+//! Configuration: the TOML schema, defaults, `PGSPLIT_PROXY_*` environment
+//! overrides, secrets from files, and validation with precise errors.
+//!
+//! Every key has a default so that the minimal file in DESIGN.md works as
+//! written. Errors name the file, the key and what is wrong.
+
+mod env;
+pub mod units;
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+pub use units::{ByteSize, Seconds};
+
+/// A config that cannot be used, with where and why.
+#[derive(Debug, Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    /// The file (or environment variable) the problem is in.
+    pub file: String,
+    /// Dotted key path, e.g. `clusters[0].discovery.leader`.
+    pub key: String,
+    pub problem: String,
+}
+
+/// How long a client keeps a server connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PoolMode {
+    /// From login to logout.
+    Session,
+    /// For one transaction (until ReadyForQuery says idle).
+    #[default]
+    Transaction,
+}
+
+/// How clients prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+pub enum AuthType {
+    #[default]
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+}
+
+/// The `[proxy]` table.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    /// Address clients connect to.
+    pub listen: String,
+    /// Address of the admin HTTP server (metrics, health).
+    pub admin_listen: String,
+    pub pool_mode: PoolMode,
+    /// Server connections per (node, database, user).
+    pub pool_size: u32,
+    /// Clients beyond this get 53300 at login.
+    pub max_client_connections: u32,
+    /// How long a request waits for a server connection before 53300.
+    pub query_wait_timeout: Seconds,
+    /// TCP connect plus authentication to a server.
+    pub server_connect_timeout: Seconds,
+    /// Idle server connections older than this (unused) are closed; 0 = never.
+    pub server_idle_timeout: Seconds,
+    /// Server connections are closed once this old, when next idle; 0 = never.
+    pub server_lifetime: Seconds,
+    /// A client must finish startup and authentication within this.
+    pub client_login_timeout: Seconds,
+    /// Largest message a client may send (08P01 beyond it).
+    pub max_message_size: ByteSize,
+    pub auth_type: AuthType,
+    /// Run on a server before another client gets it in session mode.
+    pub server_reset_query: String,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        use std::time::Duration;
+        ProxyConfig {
+            listen: "0.0.0.0:6432".into(),
+            admin_listen: "0.0.0.0:9930".into(),
+            pool_mode: PoolMode::Transaction,
+            pool_size: 20,
+            max_client_connections: 1000,
+            query_wait_timeout: Seconds(Duration::from_secs(30)),
+            server_connect_timeout: Seconds(Duration::from_secs(5)),
+            server_idle_timeout: Seconds(Duration::from_secs(600)),
+            server_lifetime: Seconds(Duration::from_secs(3600)),
+            client_login_timeout: Seconds(Duration::from_secs(15)),
+            max_message_size: ByteSize(64 << 20),
+            auth_type: AuthType::ScramSha256,
+            server_reset_query: "DISCARD ALL".into(),
+        }
+    }
+}
+
+/// One `[[users]]` entry: used for client auth and for the servers.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<String>,
+    /// File holding the password (a mounted Kubernetes Secret); one trailing
+    /// newline is ignored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+}
+
+impl UserConfig {
+    /// The password after `password_file` was read at load time.
+    pub fn password(&self) -> &str {
+        self.password.as_deref().unwrap_or("")
+    }
+}
+
+/// One `[[clusters]]` entry.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub name: String,
+    /// Database names routed to this cluster. Empty: every database (allowed
+    /// for one cluster only).
+    #[serde(default)]
+    pub databases: Vec<String>,
+    pub discovery: DiscoveryConfig,
+}
+
+/// Where a cluster's members come from.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum DiscoveryConfig {
+    /// Fixed addresses.
+    Static {
+        leader: String,
+        #[serde(default)]
+        replicas: Vec<String>,
+    },
+    /// Patroni REST API (not built yet; see README status).
+    Patroni { urls: Vec<String> },
+    /// Kubernetes Pods by label (not built yet; see README status).
+    Kubernetes {
+        #[serde(default)]
+        namespace: Option<String>,
+        selector: String,
+        #[serde(default)]
+        preset: Option<String>,
+        #[serde(default)]
+        port: Option<u16>,
+    },
+}
+
+/// The whole config file.
+#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub users: Vec<UserConfig>,
+    #[serde(default)]
+    pub clusters: Vec<ClusterConfig>,
+}
+
+impl Config {
+    /// Reads, overrides from the environment, resolves secrets, validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: file.clone(),
+            key: "(file)".into(),
+            problem: format!("cannot read: {e}"),
+        })?;
+        Self::parse(&text, &file, std::env::vars())
+    }
+
+    /// Parses `text` (named `file` in errors) with `vars` as the environment.
+    pub fn parse(
+        text: &str,
+        file: &str,
+        vars: impl Iterator<Item = (String, String)>,
+    ) -> Result<Config, ConfigError> {
+        let err = |key: &str, problem: String| ConfigError {
+            file: file.to_string(),
+            key: key.to_string(),
+            problem,
+        };
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            err(&span_key(text, e.span()), e.message().to_string())
+        })?;
+        // Re-read the text itself when nothing was overridden, so that schema
+        // errors point at the user's own line.
+        let overridden = env::apply_overrides(&mut table, file, vars)?;
+        let source = if overridden {
+            toml::to_string(&table).map_err(|e| err("(environment)", e.to_string()))?
+        } else {
+            text.to_string()
+        };
+        let mut config: Config = toml::from_str(&source)
+            .map_err(|e| err(&span_key(&source, e.span()), e.message().to_string()))?;
+        config.resolve_secrets(file)?;
+        config.validate().map_err(|(key, problem)| err(&key, problem))?;
+        Ok(config)
+    }
+
+    fn resolve_secrets(&mut self, file: &str) -> Result<(), ConfigError> {
+        for (i, user) in self.users.iter_mut().enumerate() {
+            if let (None, Some(path)) = (&user.password, &user.password_file) {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    file: file.to_string(),
+                    key: format!("users[{i}].password_file"),
+                    problem: format!("cannot read {}: {e}", path.display()),
+                })?;
+                let text = text.strip_suffix('\n').unwrap_or(&text);
+                user.password = Some(text.strip_suffix('\r').unwrap_or(text).to_string());
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks values serde cannot: ranges, addresses, cross references.
+    fn validate(&self) -> Result<(), (String, String)> {
+        let p = &self.proxy;
+        check_addr("proxy.listen", &p.listen)?;
+        check_addr("proxy.admin_listen", &p.admin_listen)?;
+        if p.pool_size == 0 {
+            return Err(("proxy.pool_size".into(), "must be at least 1".into()));
+        }
+        if p.max_client_connections == 0 {
+            return Err(("proxy.max_client_connections".into(), "must be at least 1".into()));
+        }
+        if p.max_message_size.0 < 1024 || p.max_message_size.0 > (1 << 30) {
+            return Err((
+                "proxy.max_message_size".into(),
+                "must be between 1kB and 1GB".into(),
+            ));
+        }
+        if p.query_wait_timeout.0.is_zero() {
+            return Err(("proxy.query_wait_timeout".into(), "must be above 0".into()));
+        }
+        if self.users.is_empty() {
+            return Err(("users".into(), "at least one [[users]] entry is needed".into()));
+        }
+        for (i, u) in self.users.iter().enumerate() {
+            if u.name.is_empty() {
+                return Err((format!("users[{i}].name"), "must not be empty".into()));
+            }
+            if self.users[..i].iter().any(|o| o.name == u.name) {
+                return Err((format!("users[{i}].name"), format!("user \"{}\" appears twice", u.name)));
+            }
+            if u.password.is_none() {
+                return Err((
+                    format!("users[{i}].password"),
+                    "set password or password_file".into(),
+                ));
+            }
+        }
+        if self.clusters.is_empty() {
+            return Err(("clusters".into(), "at least one [[clusters]] entry is needed".into()));
+        }
+        for (i, c) in self.clusters.iter().enumerate() {
+            if self.clusters[..i].iter().any(|o| o.name == c.name) {
+                return Err((format!("clusters[{i}].name"), format!("cluster \"{}\" appears twice", c.name)));
+            }
+            if c.databases.is_empty() && self.clusters.len() > 1 {
+                return Err((
+                    format!("clusters[{i}].databases"),
+                    "with several clusters, each must list its databases".into(),
+                ));
+            }
+            let key = format!("clusters[{i}].discovery");
+            match &c.discovery {
+                DiscoveryConfig::Static { leader, replicas } => {
+                    check_host_port(&format!("{key}.leader"), leader)?;
+                    for (j, r) in replicas.iter().enumerate() {
+                        check_host_port(&format!("{key}.replicas[{j}]"), r)?;
+                    }
+                }
+                DiscoveryConfig::Patroni { .. } | DiscoveryConfig::Kubernetes { .. } => {
+                    return Err((
+                        format!("{key}.kind"),
+                        "only \"static\" discovery is built in this version (patroni and kubernetes are planned)".into(),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The effective config as TOML with every password replaced by `****`.
+    pub fn masked_toml(&self) -> String {
+        let mut copy = self.clone();
+        for u in &mut copy.users {
+            if u.password.is_some() {
+                u.password = Some("****".into());
+            }
+        }
+        toml::to_string(&copy).unwrap_or_else(|e| format!("# cannot print config: {e}\n"))
+    }
+
+    /// The cluster serving `database`, if any.
+    pub fn cluster_for(&self, database: &str) -> Option<&ClusterConfig> {
+        self.clusters
+            .iter()
+            .find(|c| c.databases.iter().any(|d| d == database))
+            .or_else(|| self.clusters.iter().find(|c| c.databases.is_empty()))
+    }
+}
+
+fn check_addr(key: &str, value: &str) -> Result<(), (String, String)> {
+    value
+        .parse::<std::net::SocketAddr>()
+        .map(|_| ())
+        .map_err(|_| (key.to_string(), format!("\"{value}\" is not an IP:port address")))
+}
+
+fn check_host_port(key: &str, value: &str) -> Result<(), (String, String)> {
+    match value.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
+        _ => Err((key.to_string(), format!("\"{value}\" is not a host:port address"))),
+    }
+}
+
+/// Names the place of a parse or schema error: the line and the key
+/// written on it, since the parser reports a position, not a key.
+fn span_key(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(r) = span else {
+        return "(file)".into();
+    };
+    let start = r.start.min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    match line.split_once('=') {
+        Some((key, _)) if !key.trim().starts_with('[') => {
+            format!("line {line_no} (key \"{}\")", key.trim())
+        }
+        _ => format!("line {line_no} ({})", line.trim()),
+    }
+}
+
+#[cfg(test)]
+mod tests;

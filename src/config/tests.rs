@@ -1,0 +1,106 @@
+use super::*;
+use std::time::Duration;
+
+const MINIMAL: &str = r#"
+[proxy]
+listen = "127.0.0.1:6432"
+admin_listen = "127.0.0.1:9930"
+pool_mode = "transaction"        # or "session"
+pool_size = 20                   # server connections per (node, database, user)
+
+[[users]]
+name = "app"
+password = "app-secret"          # used for client auth and for the servers
+
+[[clusters]]
+name = "main"                    # the only cluster: every database name routes here
+
+[clusters.discovery]
+kind = "static"                  # or "kubernetes" or "patroni"
+leader = "127.0.0.1:5432"
+replicas = ["127.0.0.1:5433", "127.0.0.1:5434"]
+"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, "test.toml", std::iter::empty())
+}
+
+#[test]
+fn minimal_design_config_works_as_written() {
+    let c = parse(MINIMAL).unwrap();
+    assert_eq!(c.proxy.listen, "127.0.0.1:6432");
+    assert_eq!(c.proxy.pool_mode, PoolMode::Transaction);
+    assert_eq!(c.proxy.pool_size, 20);
+    assert_eq!(c.users[0].password(), "app-secret");
+    assert_eq!(c.cluster_for("anything").unwrap().name, "main");
+    assert_eq!(c.proxy.query_wait_timeout.0, Duration::from_secs(30));
+}
+
+#[test]
+fn errors_name_file_key_and_problem() {
+    let e = parse(&MINIMAL.replace("pool_size = 20", "pool_size = \"many\"")).unwrap_err();
+    assert_eq!(e.file, "test.toml");
+    assert!(e.key.contains("pool_size"), "{e}");
+    let e = parse(&MINIMAL.replace("pool_size = 20", "pool_size = 0")).unwrap_err();
+    assert_eq!(e.key, "proxy.pool_size");
+    let e = parse(&MINIMAL.replace("127.0.0.1:5433", "nowhere")).unwrap_err();
+    assert_eq!(e.key, "clusters[0].discovery.replicas[0]");
+    let e = parse(&MINIMAL.replace("pool_mode = \"transaction\"", "pool_mode = \"statement\"")).unwrap_err();
+    assert!(e.key.contains("pool_mode"), "{e}");
+    assert!(e.problem.contains("statement"), "{e}");
+    let e = parse(&MINIMAL.replace("pool_size = 20", "pool_sise = 20")).unwrap_err();
+    assert!(e.problem.contains("pool_sise"), "{e}");
+    let e = parse("[proxy\n").unwrap_err();
+    assert!(e.key.starts_with("line 1"), "{e}");
+}
+
+#[test]
+fn environment_overrides_proxy_keys() {
+    let vars = vec![
+        ("PGSPLIT_PROXY_POOL_SIZE".to_string(), "7".to_string()),
+        ("PGSPLIT_PROXY_QUERY_WAIT_TIMEOUT".to_string(), "250ms".to_string()),
+        ("UNRELATED".to_string(), "x".to_string()),
+    ];
+    let c = Config::parse(MINIMAL, "f", vars.into_iter()).unwrap();
+    assert_eq!(c.proxy.pool_size, 7);
+    assert_eq!(c.proxy.query_wait_timeout.0, Duration::from_millis(250));
+    let bad = vec![("PGSPLIT_PROXY_NOPE".to_string(), "1".to_string())];
+    let e = Config::parse(MINIMAL, "f", bad.into_iter()).unwrap_err();
+    assert_eq!(e.key, "PGSPLIT_PROXY_NOPE");
+}
+
+#[test]
+fn password_file_and_masking() {
+    let dir = std::env::temp_dir().join(format!("pgsplit-cfg-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pw = dir.join("pw");
+    std::fs::write(&pw, "from-file\n").unwrap();
+    let text = MINIMAL.replace(
+        "password = \"app-secret\"",
+        &format!("password_file = \"{}\"", pw.display()),
+    );
+    let c = parse(&text).unwrap();
+    assert_eq!(c.users[0].password(), "from-file");
+    let shown = c.masked_toml();
+    assert!(!shown.contains("from-file"));
+    assert!(shown.contains("****"));
+    let missing = text.replace("pw\"", "missing\"");
+    assert_eq!(parse(&missing).unwrap_err().key, "users[0].password_file");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn unbuilt_discovery_kinds_are_refused_clearly() {
+    let text = MINIMAL.replace(
+        "kind = \"static\"                  # or \"kubernetes\" or \"patroni\"\nleader = \"127.0.0.1:5432\"\nreplicas = [\"127.0.0.1:5433\", \"127.0.0.1:5434\"]",
+        "kind = \"patroni\"\nurls = [\"http://127.0.0.1:8008\"]",
+    );
+    let e = parse(&text).unwrap_err();
+    assert_eq!(e.key, "clusters[0].discovery.kind");
+}
+
+#[test]
+fn several_clusters_need_database_lists() {
+    let text = format!("{MINIMAL}\n[[clusters]]\nname = \"b\"\n[clusters.discovery]\nkind = \"static\"\nleader = \"h:1\"\n");
+    assert_eq!(parse(&text).unwrap_err().key, "clusters[0].databases");
+}

@@ -1,0 +1,9 @@
+//! pgsplit: a PostgreSQL wire-protocol proxy and connection pooler that
+//! follows the cluster's leader and splits reads from writes.
+//!
+//! The path of one query: [`proxy`] accepts, [`client::login`] authenticates,
+//! [`client::session`] runs the request loop, [`route`] picks the target,
+//! [`pool`] hands out a server connection, and the loop forwards bytes.
+
+pub mod config;
+pub mod wire;
