@@ -5,5 +5,10 @@
 //! [`client::session`] runs the request loop, [`route`] picks the target,
 //! [`pool`] hands out a server connection, and the loop forwards bytes.
 
+pub mod client;
 pub mod config;
+pub mod demo;
+pub mod pool;
+pub mod proxy;
+pub mod topology;
 pub mod wire;

@@ -1,1 +1,107 @@
-fn main(){}
+//! The `pgsplit` binary: command line, runtime, signals; nothing else.
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use pgsplit::config::Config;
+use pgsplit::proxy::Proxy;
+
+#[derive(Parser)]
+#[command(
+    name = "pgsplit",
+    version,
+    about = "PostgreSQL proxy and connection pooler that follows the leader and splits reads from writes"
+)]
+struct Cli {
+    /// Config file (TOML).
+    #[arg(long, global = true, env = "PGSPLIT_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Cmd>,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the proxy (the default).
+    Run,
+    /// Validate the config and print it with secrets masked.
+    Check,
+    /// Start a throw-away local leader + 2 replicas with pgsplit in front.
+    Demo,
+}
+
+fn load(path: Option<PathBuf>) -> Result<Config, String> {
+    let path = path.ok_or("no config file: pass --config FILE or set PGSPLIT_CONFIG")?;
+    Config::load(&path).map_err(|e| e.to_string())
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Cmd::Run);
+    if let Cmd::Check = command {
+        return match load(cli.config) {
+            Ok(config) => {
+                print!("{}", config.masked_toml());
+                eprintln!("config OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("pgsplit: invalid config: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("pgsplit: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = match command {
+        Cmd::Demo => runtime
+            .block_on(pgsplit::demo::run())
+            .map_err(|e| e.to_string()),
+        _ => match load(cli.config) {
+            Ok(config) => runtime.block_on(serve(config)),
+            Err(e) => {
+                eprintln!("pgsplit: invalid config: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pgsplit: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: Config) -> Result<(), String> {
+    let proxy = Proxy::start(config).await.map_err(|e| e.to_string())?;
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| e.to_string())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("signal received, stopping");
+    proxy.stop().await;
+    Ok(())
+}

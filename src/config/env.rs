@@ -19,7 +19,7 @@ pub(super) fn apply_overrides(
             continue;
         };
         let key = key.to_ascii_lowercase();
-        if !known.iter().any(|k| *k == key) {
+        if !known.contains(&key) {
             return Err(ConfigError {
                 file: format!("{file} (environment)"),
                 key: name.clone(),

@@ -200,7 +200,9 @@ impl Config {
         let mut config: Config = toml::from_str(&source)
             .map_err(|e| err(&span_key(&source, e.span()), e.message().to_string()))?;
         config.resolve_secrets(file)?;
-        config.validate().map_err(|(key, problem)| err(&key, problem))?;
+        config
+            .validate()
+            .map_err(|(key, problem)| err(&key, problem))?;
         Ok(config)
     }
 
@@ -228,7 +230,10 @@ impl Config {
             return Err(("proxy.pool_size".into(), "must be at least 1".into()));
         }
         if p.max_client_connections == 0 {
-            return Err(("proxy.max_client_connections".into(), "must be at least 1".into()));
+            return Err((
+                "proxy.max_client_connections".into(),
+                "must be at least 1".into(),
+            ));
         }
         if p.max_message_size.0 < 1024 || p.max_message_size.0 > (1 << 30) {
             return Err((
@@ -240,14 +245,20 @@ impl Config {
             return Err(("proxy.query_wait_timeout".into(), "must be above 0".into()));
         }
         if self.users.is_empty() {
-            return Err(("users".into(), "at least one [[users]] entry is needed".into()));
+            return Err((
+                "users".into(),
+                "at least one [[users]] entry is needed".into(),
+            ));
         }
         for (i, u) in self.users.iter().enumerate() {
             if u.name.is_empty() {
                 return Err((format!("users[{i}].name"), "must not be empty".into()));
             }
             if self.users[..i].iter().any(|o| o.name == u.name) {
-                return Err((format!("users[{i}].name"), format!("user \"{}\" appears twice", u.name)));
+                return Err((
+                    format!("users[{i}].name"),
+                    format!("user \"{}\" appears twice", u.name),
+                ));
             }
             if u.password.is_none() {
                 return Err((
@@ -257,11 +268,17 @@ impl Config {
             }
         }
         if self.clusters.is_empty() {
-            return Err(("clusters".into(), "at least one [[clusters]] entry is needed".into()));
+            return Err((
+                "clusters".into(),
+                "at least one [[clusters]] entry is needed".into(),
+            ));
         }
         for (i, c) in self.clusters.iter().enumerate() {
             if self.clusters[..i].iter().any(|o| o.name == c.name) {
-                return Err((format!("clusters[{i}].name"), format!("cluster \"{}\" appears twice", c.name)));
+                return Err((
+                    format!("clusters[{i}].name"),
+                    format!("cluster \"{}\" appears twice", c.name),
+                ));
             }
             if c.databases.is_empty() && self.clusters.len() > 1 {
                 return Err((
@@ -312,13 +329,21 @@ fn check_addr(key: &str, value: &str) -> Result<(), (String, String)> {
     value
         .parse::<std::net::SocketAddr>()
         .map(|_| ())
-        .map_err(|_| (key.to_string(), format!("\"{value}\" is not an IP:port address")))
+        .map_err(|_| {
+            (
+                key.to_string(),
+                format!("\"{value}\" is not an IP:port address"),
+            )
+        })
 }
 
 fn check_host_port(key: &str, value: &str) -> Result<(), (String, String)> {
     match value.rsplit_once(':') {
         Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(()),
-        _ => Err((key.to_string(), format!("\"{value}\" is not a host:port address"))),
+        _ => Err((
+            key.to_string(),
+            format!("\"{value}\" is not a host:port address"),
+        )),
     }
 }
 

@@ -45,7 +45,8 @@ fn errors_name_file_key_and_problem() {
     assert_eq!(e.key, "proxy.pool_size");
     let e = parse(&MINIMAL.replace("127.0.0.1:5433", "nowhere")).unwrap_err();
     assert_eq!(e.key, "clusters[0].discovery.replicas[0]");
-    let e = parse(&MINIMAL.replace("pool_mode = \"transaction\"", "pool_mode = \"statement\"")).unwrap_err();
+    let e = parse(&MINIMAL.replace("pool_mode = \"transaction\"", "pool_mode = \"statement\""))
+        .unwrap_err();
     assert!(e.key.contains("pool_mode"), "{e}");
     assert!(e.problem.contains("statement"), "{e}");
     let e = parse(&MINIMAL.replace("pool_size = 20", "pool_sise = 20")).unwrap_err();
@@ -58,7 +59,10 @@ fn errors_name_file_key_and_problem() {
 fn environment_overrides_proxy_keys() {
     let vars = vec![
         ("PGSPLIT_PROXY_POOL_SIZE".to_string(), "7".to_string()),
-        ("PGSPLIT_PROXY_QUERY_WAIT_TIMEOUT".to_string(), "250ms".to_string()),
+        (
+            "PGSPLIT_PROXY_QUERY_WAIT_TIMEOUT".to_string(),
+            "250ms".to_string(),
+        ),
         ("UNRELATED".to_string(), "x".to_string()),
     ];
     let c = Config::parse(MINIMAL, "f", vars.into_iter()).unwrap();

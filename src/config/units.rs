@@ -15,7 +15,9 @@ pub struct ByteSize(pub usize);
 /// Parses "250ms", "5s", "2m", "1h" or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num
         .parse()
@@ -25,7 +27,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "" | "s" => n,
         "m" | "min" => n * 60.0,
         "h" => n * 3600.0,
-        other => return Err(format!("unknown duration unit \"{other}\" (use ms, s, m or h)")),
+        other => {
+            return Err(format!(
+                "unknown duration unit \"{other}\" (use ms, s, m or h)"
+            ))
+        }
     };
     Ok(Duration::from_secs_f64(secs))
 }
@@ -46,7 +52,8 @@ pub fn parse_size(s: &str) -> Result<usize, String> {
         "GB" | "GiB" => 1 << 30,
         other => return Err(format!("unknown size unit \"{other}\" (use kB, MB or GB)")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("size \"{s}\" is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("size \"{s}\" is too large"))
 }
 
 #[derive(Deserialize)]
@@ -87,7 +94,9 @@ impl<'de> Deserialize<'de> for ByteSize {
             NumOrStr::Int(n) => usize::try_from(n)
                 .map(ByteSize)
                 .map_err(|_| de::Error::custom("size is too large")),
-            NumOrStr::Float(f) => Err(de::Error::custom(format!("{f} is not a whole number of bytes"))),
+            NumOrStr::Float(f) => Err(de::Error::custom(format!(
+                "{f} is not a whole number of bytes"
+            ))),
             NumOrStr::Str(s) => parse_size(&s).map(ByteSize).map_err(de::Error::custom),
         }
     }

@@ -5,6 +5,7 @@
 //! `BytesMut`; forwarded traffic never passes through here.
 
 use bytes::{BufMut, Bytes, BytesMut};
+use std::borrow::Cow;
 
 use super::frame::read_cstr;
 
@@ -46,8 +47,8 @@ impl Severity {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProxyError {
     pub severity: Severity,
-    /// Five-character SQLSTATE.
-    pub code: &'static str,
+    /// Five-character SQLSTATE (a server's own code when relaying its error).
+    pub code: Cow<'static, str>,
     pub message: String,
     pub hint: Option<String>,
 }
@@ -57,7 +58,7 @@ impl ProxyError {
     pub fn fatal(code: &'static str, message: impl Into<String>) -> Self {
         ProxyError {
             severity: Severity::Fatal,
-            code,
+            code: Cow::Borrowed(code),
             message: message.into(),
             hint: None,
         }
@@ -67,10 +68,18 @@ impl ProxyError {
     pub fn error(code: &'static str, message: impl Into<String>) -> Self {
         ProxyError {
             severity: Severity::Error,
-            code,
+            code: Cow::Borrowed(code),
             message: message.into(),
             hint: None,
         }
+    }
+
+    /// Relays a server's SQLSTATE instead of one of pgsplit's.
+    pub fn with_code(mut self, code: String) -> Self {
+        if code.len() == 5 {
+            self.code = Cow::Owned(code);
+        }
+        self
     }
 
     /// Adds a HINT field.

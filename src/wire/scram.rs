@@ -7,8 +7,8 @@
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
-use hmac::{Hmac, Mac};
-use rand::RngCore;
+use hmac::{Hmac, KeyInit, Mac};
+use rand::Rng;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
@@ -215,7 +215,8 @@ mod tests {
     /// Runs a whole exchange against the client side of postgres-protocol.
     fn exchange(server_password: &str, client_password: &str) -> Result<(), ScramError> {
         let verifier = Verifier::from_password(server_password);
-        let mut client = ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
+        let mut client =
+            ScramSha256::new(client_password.as_bytes(), ChannelBinding::unsupported());
         let ex = Exchange::start(client.message(), &verifier)?;
         client
             .update(ex.server_first())
@@ -253,7 +254,10 @@ mod tests {
         assert!(Exchange::start(b"n,,n=,r=", &v).is_err());
         let ex = Exchange::start(b"n,,n=,r=abc", &v).unwrap();
         assert!(ex.finish(b"c=biws,r=abc", &v).is_err());
-        assert_eq!(ex.finish(b"c=biws,r=wrong,p=AAAA", &v), Err(ScramError::Nonce));
+        assert_eq!(
+            ex.finish(b"c=biws,r=wrong,p=AAAA", &v),
+            Err(ScramError::Nonce)
+        );
         assert!(ex.finish(&[0xff, 0xfe], &v).is_err());
     }
 
@@ -271,6 +275,9 @@ mod tests {
         let fin = ex
             .finish(b"c=biws,r=rOprNGfwEbeRWgbNEkqO%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0,p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=", &v)
             .unwrap();
-        assert_eq!(fin, b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=".to_vec());
+        assert_eq!(
+            fin,
+            b"v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=".to_vec()
+        );
     }
 }

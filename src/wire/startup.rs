@@ -159,7 +159,10 @@ mod tests {
 
     #[test]
     fn ssl_and_gss_requests() {
-        assert_eq!(parse(&packet(SSL_REQUEST, b"")), Ok(StartupPacket::SslRequest));
+        assert_eq!(
+            parse(&packet(SSL_REQUEST, b"")),
+            Ok(StartupPacket::SslRequest)
+        );
         assert_eq!(
             parse(&packet(GSSENC_REQUEST, b"")),
             Ok(StartupPacket::GssEncRequest)
@@ -188,7 +191,10 @@ mod tests {
             Ok(StartupPacket::Startup {
                 major: 3,
                 minor: 0,
-                params: vec![("user".into(), "app".into()), ("database".into(), "db".into())]
+                params: vec![
+                    ("user".into(), "app".into()),
+                    ("database".into(), "db".into())
+                ]
             })
         );
         assert!(parse(&packet(196608, b"user\0app")).is_err());
@@ -197,7 +203,10 @@ mod tests {
     #[test]
     fn length_bounds() {
         assert_eq!(packet_len(&[0, 0]), Ok(None));
-        assert_eq!(packet_len(&4i32.to_be_bytes()), Err(StartupError::BadLength(4)));
+        assert_eq!(
+            packet_len(&4i32.to_be_bytes()),
+            Err(StartupError::BadLength(4))
+        );
         assert!(packet_len(&100_000i32.to_be_bytes()).is_err());
         assert_eq!(packet_len(&8i32.to_be_bytes()), Ok(Some(8)));
     }

@@ -1,0 +1,282 @@
+//! A client's first moments: the startup packet (answering SSLRequest and
+//! GSSENCRequest with 'N', serving CancelRequest), protocol version
+//! negotiation, the client limit, authentication, and the first server
+//! connection, whose ParameterStatus values the client receives.
+
+use bytes::BytesMut;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::auth::User;
+use super::params::ClientParams;
+use crate::config::PoolMode;
+use crate::pool::cancel::{CancelKey, CancelSlot};
+use crate::pool::pools::{CheckoutError, PooledServer, ServerPool};
+use crate::pool::server::ServerError;
+use crate::proxy::Shared;
+use crate::wire::messages::{self, ProxyError};
+use crate::wire::startup::{self, StartupPacket};
+
+/// A client that passed login, ready for its session loop.
+pub struct LoggedIn {
+    pub peer: SocketAddr,
+    pub user: Arc<User>,
+    pub database: String,
+    pub params: ClientParams,
+    pub pool: ServerPool,
+    /// The login server, kept in session mode.
+    pub server: Option<PooledServer>,
+    pub client_id: u64,
+    pub cancel_key: CancelKey,
+    pub cancel: Arc<CancelSlot>,
+}
+
+/// Runs login within `client_login_timeout`. Errors are sent to the client
+/// as FATAL ErrorResponses and logged; `None` means the connection is done.
+/// On success returns the stream, the bytes the client already sent past
+/// login, and the session's identity.
+pub async fn login(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: &Shared,
+    over_limit: bool,
+) -> Option<(TcpStream, BytesMut, LoggedIn)> {
+    let timeout = shared.config.proxy.client_login_timeout.0;
+    let mut buf = BytesMut::with_capacity(1024);
+    let outcome = tokio::time::timeout(
+        timeout,
+        login_inner(&mut stream, &mut buf, shared, over_limit),
+    )
+    .await;
+    let err = match outcome {
+        Ok(Ok(Some(mut ready))) => {
+            ready.peer = peer;
+            tracing::info!(client = %peer, user = %ready.user.config.name, database = %ready.database, "client logged in");
+            return Some((stream, buf, ready));
+        }
+        Ok(Ok(None)) => return None,
+        Ok(Err(e)) => e,
+        Err(_) => ProxyError::fatal(
+            "08P01",
+            "client did not finish login within client_login_timeout",
+        ),
+    };
+    tracing::info!(client = %peer, reason = %err, "client login refused");
+    let _ = stream.write_all(&err.to_bytes()).await;
+    None
+}
+
+/// Reads one startup-phase packet; `None` on a clean close before it.
+async fn read_startup_packet(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+) -> Result<Option<BytesMut>, ProxyError> {
+    loop {
+        let len =
+            startup::packet_len(buf).map_err(|e| ProxyError::fatal("08P01", e.to_string()))?;
+        if let Some(len) = len {
+            if buf.len() >= len {
+                return Ok(Some(buf.split_to(len)));
+            }
+        }
+        let n = stream
+            .read_buf(buf)
+            .await
+            .map_err(|e| ProxyError::fatal("08006", format!("client connection lost: {e}")))?;
+        if n == 0 {
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            return Err(ProxyError::fatal("08P01", "incomplete startup packet"));
+        }
+    }
+}
+
+async fn login_inner(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+    over_limit: bool,
+) -> Result<Option<LoggedIn>, ProxyError> {
+    let lost =
+        |e: std::io::Error| ProxyError::fatal("08006", format!("client connection lost: {e}"));
+    let (minor, params) = loop {
+        let Some(packet) = read_startup_packet(stream, buf).await? else {
+            return Ok(None);
+        };
+        match startup::parse(&packet).map_err(|e| ProxyError::fatal("08P01", e.to_string()))? {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+                // Bytes sent before our answer would be read as plaintext
+                // after it (CVE-2021-23222); PostgreSQL refuses them too.
+                if !buf.is_empty() {
+                    return Err(ProxyError::fatal(
+                        "08P01",
+                        "received unencrypted data after encryption request",
+                    ));
+                }
+                stream.write_all(b"N").await.map_err(lost)?;
+            }
+            StartupPacket::Cancel {
+                process_id,
+                secret_key,
+            } => {
+                let key = CancelKey {
+                    process_id,
+                    secret_key,
+                };
+                if let Some(slot) = shared.cancels.find(key) {
+                    slot.cancel().await;
+                }
+                return Ok(None);
+            }
+            StartupPacket::Startup {
+                major,
+                minor,
+                params,
+            } => {
+                if major != 3 {
+                    return Err(ProxyError::fatal(
+                        "0A000",
+                        format!(
+                            "unsupported frontend protocol {major}.{minor}: pgsplit supports 3.0"
+                        ),
+                    ));
+                }
+                break (minor, params);
+            }
+        }
+    };
+    let mut out = BytesMut::with_capacity(512);
+    let protocol_options: Vec<&str> = params
+        .iter()
+        .filter(|(n, _)| n.starts_with("_pq_."))
+        .map(|(n, _)| n.as_str())
+        .collect();
+    if minor > 0 || !protocol_options.is_empty() {
+        messages::negotiate_protocol_version(&mut out, 0, &protocol_options);
+        stream.write_all(&out.split()).await.map_err(lost)?;
+    }
+    if over_limit {
+        return Err(ProxyError::fatal(
+            "53300",
+            format!(
+                "sorry, too many clients already (max_client_connections = {})",
+                shared.config.proxy.max_client_connections
+            ),
+        ));
+    }
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let user_name = param("user")
+        .filter(|u| !u.is_empty())
+        .ok_or_else(|| {
+            ProxyError::fatal(
+                "28000",
+                "no PostgreSQL user name specified in startup packet",
+            )
+        })?
+        .to_string();
+    let database = param("database")
+        .filter(|d| !d.is_empty())
+        .unwrap_or(&user_name)
+        .to_string();
+    if param("replication").is_some_and(|r| !matches!(r, "false" | "off" | "no" | "0")) {
+        return Err(ProxyError::fatal(
+            "0A000",
+            "replication connections are not supported",
+        ));
+    }
+    let mut client_params = ClientParams::from_startup(&params)?;
+    let user = shared.users.authenticate(stream, buf, &user_name).await?;
+    messages::auth_ok(&mut out);
+
+    let cluster = shared.config.cluster_for(&database).ok_or_else(|| {
+        ProxyError::fatal(
+            "3D000",
+            format!("no cluster serves database \"{database}\""),
+        )
+    })?;
+    let leader = shared
+        .topology
+        .borrow()
+        .cluster(&cluster.name)
+        .and_then(|c| c.leader().map(|m| m.addr.clone()))
+        .ok_or_else(|| {
+            ProxyError::fatal(
+                "57P03",
+                format!("no leader known for cluster \"{}\"", cluster.name),
+            )
+        })?;
+    let pool = shared.pools.pool(
+        &leader,
+        &database,
+        &user.config.name,
+        user.config.password(),
+    );
+    let client_id = shared.next_client_id();
+    let mut server = shared.pools.checkout(&pool).await.map_err(checkout_error)?;
+    if let Err(e) = client_params.apply(&mut server, client_id).await {
+        return Err(server_error(e));
+    }
+    client_params.adopt_canonical(&server);
+    for (name, value) in server.params() {
+        messages::parameter_status(&mut out, name, value);
+    }
+    let (cancel_key, cancel) = shared.cancels.register();
+    messages::backend_key_data(&mut out, cancel_key.process_id, cancel_key.secret_key);
+    messages::ready_for_query(&mut out, b'I');
+    if let Err(e) = stream.write_all(&out).await {
+        shared.cancels.unregister(cancel_key);
+        return Err(lost(e));
+    }
+    let server = match shared.config.proxy.pool_mode {
+        PoolMode::Session => {
+            cancel.hold(server.cancel_target());
+            Some(server)
+        }
+        PoolMode::Transaction => None,
+    };
+    Ok(Some(LoggedIn {
+        peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+        user,
+        database,
+        params: client_params,
+        pool,
+        server,
+        client_id,
+        cancel_key,
+        cancel,
+    }))
+}
+
+/// The error a client sees when no server connection could be had.
+pub fn checkout_error(e: CheckoutError) -> ProxyError {
+    match e {
+        CheckoutError::WaitTimeout(_) => ProxyError::fatal("53300", e.to_string())
+            .with_hint("raise pool_size or query_wait_timeout, or look for long transactions"),
+        CheckoutError::Connect(e) => server_error(e),
+        CheckoutError::ConnectTimeout | CheckoutError::Closed => {
+            ProxyError::fatal("08006", e.to_string())
+        }
+    }
+}
+
+/// A server's refusal relayed with its own SQLSTATE; other failures as
+/// 08006 (connection failure).
+pub fn server_error(e: ServerError) -> ProxyError {
+    match e {
+        ServerError::Rejected {
+            addr,
+            code,
+            message,
+            ..
+        } => ProxyError::fatal("08006", format!("server {addr}: {message}")).with_code(code),
+        other => ProxyError::fatal("08006", other.to_string()),
+    }
+}

@@ -1,0 +1,12 @@
+//! One client connection: [`login`] (startup, authentication, first server
+//! parameters) and [`session`] (the request loop), with the pieces they
+//! use: [`auth`] (configured users), [`params`] (tracked session
+//! parameters), [`tracker`] (what the server still owes) and [`outq`]
+//! (write queues).
+
+pub mod auth;
+pub mod login;
+pub mod outq;
+pub mod params;
+pub mod session;
+pub mod tracker;

@@ -1,0 +1,104 @@
+//! A queue of whole or partial messages waiting to be written to one
+//! socket. Messages stay the `Bytes` they were cut from the read buffer as;
+//! a write sends as many of them as one vectored syscall takes.
+
+use bytes::{Buf, Bytes};
+use std::collections::VecDeque;
+use std::io::IoSlice;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+/// Most chunks handed to one `write_vectored` call.
+const MAX_SLICES: usize = 32;
+
+/// Pending output for one socket.
+#[derive(Debug, Default)]
+pub struct OutQueue {
+    chunks: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl OutQueue {
+    /// Queues `bytes` after what is already queued.
+    pub fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.len += bytes.len();
+            self.chunks.push_back(bytes);
+        }
+    }
+
+    /// Bytes waiting.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Writes once (cancel-safe: nothing is lost if the future is dropped).
+    pub async fn write_some<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let n = self.chunks.len().min(MAX_SLICES);
+        for (slot, chunk) in slices.iter_mut().zip(self.chunks.iter()) {
+            *slot = IoSlice::new(chunk);
+        }
+        let written = w.write_vectored(&slices[..n]).await?;
+        if written == 0 && self.len > 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        self.advance(written);
+        Ok(())
+    }
+
+    /// Writes everything queued.
+    pub async fn write_all<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
+        while !self.is_empty() {
+            self.write_some(w).await?;
+        }
+        w.flush().await
+    }
+
+    fn advance(&mut self, mut n: usize) {
+        self.len -= n;
+        while n > 0 {
+            let Some(front) = self.chunks.front_mut() else {
+                return;
+            };
+            if n >= front.len() {
+                n -= front.len();
+                self.chunks.pop_front();
+            } else {
+                front.advance(n);
+                n = 0;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn writes_everything_in_order() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"abc"));
+        q.push(Bytes::new());
+        q.push(Bytes::from_static(b"defg"));
+        assert_eq!(q.len(), 7);
+        let mut out = Vec::new();
+        q.write_all(&mut out).await.unwrap();
+        assert_eq!(out, b"abcdefg");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn partial_advance_keeps_the_rest() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"abc"));
+        q.push(Bytes::from_static(b"de"));
+        q.advance(4);
+        assert_eq!(q.len(), 1);
+        assert_eq!(&q.chunks[0][..], b"e");
+    }
+}

@@ -1,0 +1,427 @@
+//! The request loop of one logged-in client.
+//!
+//! One task per client drives four things with `select!`: reading the
+//! client, reading its server (while it holds one), and writing each way.
+//! Client messages are cut off the read buffer as whole messages and queued
+//! for the server without copying; server messages pass through as they
+//! arrive (a large DataRow streams through without being buffered whole),
+//! and only ReadyForQuery, ParameterStatus, CopyInResponse and
+//! ErrorResponse are looked at. Reading stops while a queue is above its
+//! high-water mark, so memory per client is bounded.
+//!
+//! In transaction mode the server goes back to the pool the moment its
+//! ReadyForQuery says idle and nothing else is in flight, before that
+//! ReadyForQuery is flushed to the client. A client that leaves with a
+//! server in any other state has that server closed, never pooled.
+
+use bytes::BytesMut;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use super::login::{checkout_error, server_error, LoggedIn};
+use super::outq::OutQueue;
+use super::tracker::SyncTracker;
+use crate::config::PoolMode;
+use crate::pool::pools::{discard, PooledServer};
+use crate::proxy::Shared;
+use crate::wire::frame::{peek_header, read_cstr, HEADER_LEN};
+use crate::wire::messages::ProxyError;
+
+/// Stop reading a side while this much waits to be written to the other.
+const HIGH_WATER: usize = 256 * 1024;
+/// Grow a read buffer by this much when it runs low.
+const READ_RESERVE: usize = 16 * 1024;
+/// Below this much free room a read buffer is grown first.
+const READ_LOW: usize = 4 * 1024;
+/// Message types a client may send after login.
+const FRONTEND_TAGS: &[u8] = b"BCdcfDEHFPQSX";
+/// How long a last error message may take to reach a leaving client.
+const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long the reset query may take before the server is closed instead.
+const RESET_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a session ended; logged now, counted by metrics later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent Terminate.
+    ClientTerminate,
+    /// The client closed its socket.
+    ClientClosed,
+    /// Reading from or writing to the client failed.
+    ClientIo,
+    /// The server connection failed or closed mid-use.
+    ServerLost,
+    /// The client broke the protocol (bad length, unknown message type,
+    /// message above max_message_size).
+    ProtocolViolation,
+    /// No server connection could be had (wait timeout, connect failure).
+    NoServer,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientTerminate => "client_terminate",
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::ClientIo => "client_io_error",
+            CloseReason::ServerLost => "server_lost",
+            CloseReason::ProtocolViolation => "protocol_violation",
+            CloseReason::NoServer => "no_server",
+        }
+    }
+}
+
+enum Flow {
+    Continue,
+    Terminate,
+}
+
+enum Event {
+    ClientRead(std::io::Result<usize>),
+    ServerRead(std::io::Result<usize>),
+    ClientWritten(std::io::Result<()>),
+    ServerWritten(std::io::Result<()>),
+}
+
+struct Session<'a> {
+    shared: &'a Shared,
+    login: LoggedIn,
+    mode: PoolMode,
+    max_message: usize,
+    client_rd: OwnedReadHalf,
+    client_wr: OwnedWriteHalf,
+    client_in: BytesMut,
+    to_client: OutQueue,
+    to_server: OutQueue,
+    server: Option<PooledServer>,
+    /// Bytes of a server message still to pass through unexamined.
+    server_passthrough: usize,
+    tracker: SyncTracker,
+}
+
+/// Serves a logged-in client until it leaves, then cleans up.
+pub async fn run(stream: TcpStream, pending: BytesMut, login: LoggedIn, shared: &Shared) {
+    let (client_rd, client_wr) = stream.into_split();
+    let mut login = login;
+    let server = login.server.take();
+    let mut session = Session {
+        shared,
+        mode: shared.config.proxy.pool_mode,
+        max_message: shared.config.proxy.max_message_size.0,
+        login,
+        client_rd,
+        client_wr,
+        client_in: pending,
+        to_client: OutQueue::default(),
+        to_server: OutQueue::default(),
+        server,
+        server_passthrough: 0,
+        tracker: SyncTracker::default(),
+    };
+    let reason = session.serve().await;
+    session.finish(reason).await;
+    shared.cancels.unregister(session.login.cancel_key);
+    tracing::info!(client = %session.login.peer, user = %session.login.user.config.name, reason = reason.as_str(), "client connection closed");
+}
+
+async fn read_server(
+    rd: Option<&mut OwnedReadHalf>,
+    buf: Option<&mut BytesMut>,
+) -> std::io::Result<usize> {
+    match (rd, buf) {
+        (Some(rd), Some(buf)) => {
+            if buf.capacity() - buf.len() < READ_LOW {
+                buf.reserve(READ_RESERVE);
+            }
+            rd.read_buf(buf).await
+        }
+        _ => std::future::pending().await,
+    }
+}
+
+async fn write_server(
+    queue: &mut OutQueue,
+    wr: Option<&mut OwnedWriteHalf>,
+) -> std::io::Result<()> {
+    match wr {
+        Some(wr) => queue.write_some(wr).await,
+        None => std::future::pending().await,
+    }
+}
+
+impl Session<'_> {
+    async fn serve(&mut self) -> CloseReason {
+        if !self.client_in.is_empty() {
+            match self.on_client_data().await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Terminate) => return CloseReason::ClientTerminate,
+                Err(reason) => return reason,
+            }
+        }
+        loop {
+            if self.client_in.capacity() - self.client_in.len() < READ_LOW {
+                self.client_in.reserve(READ_RESERVE);
+            }
+            let event = {
+                let can_read_client = self.to_server.len() < HIGH_WATER;
+                let can_read_server = self.to_client.len() < HIGH_WATER;
+                let can_write_client = !self.to_client.is_empty();
+                let can_write_server = !self.to_server.is_empty();
+                let (srd, swr, sbuf) = match self.server.as_deref_mut() {
+                    Some(s) => (Some(&mut s.rd), Some(&mut s.wr), Some(&mut s.rbuf)),
+                    None => (None, None, None),
+                };
+                tokio::select! {
+                    r = self.client_rd.read_buf(&mut self.client_in), if can_read_client => Event::ClientRead(r),
+                    r = read_server(srd, sbuf), if can_read_server => Event::ServerRead(r),
+                    r = self.to_client.write_some(&mut self.client_wr), if can_write_client => Event::ClientWritten(r),
+                    r = write_server(&mut self.to_server, swr), if can_write_server => Event::ServerWritten(r),
+                }
+            };
+            match event {
+                Event::ClientRead(Ok(0)) => return CloseReason::ClientClosed,
+                Event::ClientRead(Ok(_)) => match self.on_client_data().await {
+                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Terminate) => return CloseReason::ClientTerminate,
+                    Err(reason) => return reason,
+                },
+                Event::ServerRead(Ok(0)) => {
+                    return self.server_lost("server closed the connection").await
+                }
+                Event::ServerRead(Ok(_)) => match self.on_server_data() {
+                    Ok(true) => self.release_server().await,
+                    Ok(false) => {}
+                    Err(problem) => return self.server_lost(problem).await,
+                },
+                Event::ServerRead(Err(e)) | Event::ServerWritten(Err(e)) => {
+                    return self.server_lost(&e.to_string()).await
+                }
+                Event::ClientRead(Err(_)) | Event::ClientWritten(Err(_)) => {
+                    return CloseReason::ClientIo
+                }
+                Event::ClientWritten(Ok(())) | Event::ServerWritten(Ok(())) => {}
+            }
+        }
+    }
+
+    /// Cuts whole client messages off the buffer and queues them for the
+    /// server, checking out a server first when the client holds none.
+    async fn on_client_data(&mut self) -> Result<Flow, CloseReason> {
+        let mut ready = 0;
+        loop {
+            let header = match peek_header(&self.client_in[ready..], self.max_message) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(e) => {
+                    self.queue_client_messages(ready);
+                    self.farewell(ProxyError::fatal("08P01", e.to_string()))
+                        .await;
+                    return Err(CloseReason::ProtocolViolation);
+                }
+            };
+            let available = self.client_in.len() - ready;
+            if available < header.total_len {
+                self.client_in.reserve(header.total_len - available);
+                break;
+            }
+            if header.tag == b'X' {
+                self.queue_client_messages(ready);
+                return Ok(Flow::Terminate);
+            }
+            if !FRONTEND_TAGS.contains(&header.tag) {
+                self.queue_client_messages(ready);
+                let message = format!("invalid frontend message type {}", header.tag);
+                self.farewell(ProxyError::fatal("08P01", message)).await;
+                return Err(CloseReason::ProtocolViolation);
+            }
+            if self.server.is_none() {
+                // A server is held while earlier messages of this batch are
+                // queued, so `ready` is 0 here.
+                self.acquire_server().await?;
+            }
+            self.tracker.client_message(header.tag);
+            ready += header.total_len;
+        }
+        self.queue_client_messages(ready);
+        Ok(Flow::Continue)
+    }
+
+    fn queue_client_messages(&mut self, len: usize) {
+        if len > 0 {
+            self.to_server.push(self.client_in.split_to(len).freeze());
+        }
+    }
+
+    /// Takes a server from the pool and brings it to this client's
+    /// session parameters.
+    async fn acquire_server(&mut self) -> Result<(), CloseReason> {
+        let mut server = match self.shared.pools.checkout(&self.login.pool).await {
+            Ok(s) => s,
+            Err(e) => {
+                self.farewell(checkout_error(e)).await;
+                return Err(CloseReason::NoServer);
+            }
+        };
+        if let Err(e) = self
+            .login
+            .params
+            .apply(&mut server, self.login.client_id)
+            .await
+        {
+            discard(server);
+            self.farewell(server_error(e)).await;
+            return Err(CloseReason::NoServer);
+        }
+        self.login.cancel.hold(server.cancel_target());
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// Queues what the server sent for the client, noting what must be
+    /// noted. Returns whether the server can go back to the pool now.
+    fn on_server_data(&mut self) -> Result<bool, &'static str> {
+        let Some(server) = self.server.as_deref_mut() else {
+            return Ok(false);
+        };
+        let mut off = 0;
+        let mut release = false;
+        loop {
+            if self.server_passthrough > 0 {
+                let n = self.server_passthrough.min(server.rbuf.len() - off);
+                off += n;
+                self.server_passthrough -= n;
+                if self.server_passthrough > 0 {
+                    break;
+                }
+                continue;
+            }
+            let header = match peek_header(&server.rbuf[off..], usize::MAX) {
+                Ok(Some(h)) => h,
+                Ok(None) => break,
+                Err(_) => return Err("server sent an invalid message length"),
+            };
+            let available = server.rbuf.len() - off;
+            if !matches!(header.tag, b'Z' | b'S' | b'G' | b'E') {
+                if available >= header.total_len {
+                    off += header.total_len;
+                } else {
+                    // Stream the rest of a large message as it arrives.
+                    self.server_passthrough = header.total_len - available;
+                    off = server.rbuf.len();
+                    break;
+                }
+                continue;
+            }
+            if available < header.total_len {
+                server.rbuf.reserve(header.total_len - available);
+                break;
+            }
+            let body = &server.rbuf[off + HEADER_LEN..off + header.total_len];
+            match header.tag {
+                b'Z' => {
+                    server.status = body.first().copied().unwrap_or(b'I');
+                    self.tracker.server_ready();
+                }
+                b'S' => {
+                    if let Some((name, value)) = parameter_status(body) {
+                        server.set_param(&name, &value);
+                        self.login.params.follow_report(&name, &value);
+                    }
+                }
+                b'G' => self.tracker.server_copy_in(),
+                _ => self.tracker.server_error(),
+            }
+            off += header.total_len;
+            if header.tag == b'Z'
+                && self.mode == PoolMode::Transaction
+                && server.status == b'I'
+                && off == server.rbuf.len()
+                && self.to_server.is_empty()
+                && self.tracker.is_idle()
+            {
+                release = true;
+                break;
+            }
+        }
+        if off > 0 {
+            self.to_client.push(server.rbuf.split_to(off).freeze());
+        }
+        Ok(release)
+    }
+
+    /// Gives the server back to the pool, after any cancel aimed at it has
+    /// been delivered.
+    async fn release_server(&mut self) {
+        self.login.cancel.release().await;
+        self.server = None;
+    }
+
+    /// The server failed mid-use: close it and tell the client.
+    async fn server_lost(&mut self, problem: &str) -> CloseReason {
+        if let Some(server) = self.server.take() {
+            let addr = server.addr.clone();
+            self.login.cancel.release().await;
+            discard(server);
+            tracing::warn!(server = %addr, problem, "server connection lost");
+            let message = format!("lost connection to server {addr}: {problem}");
+            self.farewell(ProxyError::fatal("08006", message)).await;
+        }
+        CloseReason::ServerLost
+    }
+
+    /// Sends a last error, with whatever was queued before it.
+    async fn farewell(&mut self, error: ProxyError) {
+        self.to_client.push(error.to_bytes());
+        let _ = tokio::time::timeout(
+            FAREWELL_TIMEOUT,
+            self.to_client.write_all(&mut self.client_wr),
+        )
+        .await;
+    }
+
+    /// Returns the held server to the pool only if it is idle and in sync
+    /// (after the reset query in session mode); closes it otherwise.
+    async fn finish(&mut self, reason: CloseReason) {
+        if reason == CloseReason::ClientTerminate {
+            let _ = tokio::time::timeout(
+                FAREWELL_TIMEOUT,
+                self.to_client.write_all(&mut self.client_wr),
+            )
+            .await;
+        }
+        let Some(mut server) = self.server.take() else {
+            return;
+        };
+        self.login.cancel.release().await;
+        let in_sync = server.is_clean()
+            && self.tracker.is_idle()
+            && self.to_server.is_empty()
+            && self.server_passthrough == 0;
+        if !in_sync {
+            tracing::debug!(server = %server.addr, "closing a server the client left mid-transaction");
+            discard(server);
+            return;
+        }
+        if self.mode == PoolMode::Session {
+            let query = &self.shared.config.proxy.server_reset_query;
+            if !query.is_empty() {
+                let reset = tokio::time::timeout(RESET_TIMEOUT, server.reset(query)).await;
+                if !matches!(reset, Ok(Ok(()))) {
+                    discard(server);
+                }
+            }
+        }
+    }
+}
+
+/// Name and value of a ParameterStatus body.
+fn parameter_status(body: &[u8]) -> Option<(String, String)> {
+    let (name, rest) = read_cstr(body)?;
+    let (value, _) = read_cstr(rest)?;
+    Some((
+        String::from_utf8_lossy(name).into_owned(),
+        String::from_utf8_lossy(value).into_owned(),
+    ))
+}

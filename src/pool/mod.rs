@@ -1,0 +1,7 @@
+//! Backend connections: opening them ([`server`]), pooling them per
+//! (server node, database, user) ([`pools`]) and routing cancel requests to
+//! the server a client holds right now ([`cancel`]).
+
+pub mod cancel;
+pub mod pools;
+pub mod server;

@@ -1,0 +1,384 @@
+//! One connection to a PostgreSQL server: connect, startup, authenticate
+//! with whatever the server asks, remember ParameterStatus and
+//! BackendKeyData, and run the few simple statements pgsplit issues itself
+//! (parameter sync, reset query).
+
+use bytes::BytesMut;
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
+use postgres_protocol::message::{backend, frontend};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+use crate::wire::messages::parse_error_fields;
+
+/// What it takes to open a server connection.
+#[derive(Clone)]
+pub struct ServerSpec {
+    /// `host:port` of the member.
+    pub addr: Arc<str>,
+    pub user: Arc<str>,
+    pub database: Arc<str>,
+    pub password: Arc<str>,
+    pub connect_timeout: Duration,
+}
+
+/// Why a server connection could not be opened or used.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    #[error("server {addr}: {source}")]
+    Io {
+        addr: Arc<str>,
+        source: std::io::Error,
+    },
+    #[error("server {0}: connect and login took longer than server_connect_timeout")]
+    Timeout(Arc<str>),
+    /// The server answered with an ErrorResponse.
+    #[error("server {addr}: {severity} {code}: {message}")]
+    Rejected {
+        addr: Arc<str>,
+        severity: String,
+        code: String,
+        message: String,
+    },
+    #[error("server {addr}: {problem}")]
+    Protocol { addr: Arc<str>, problem: String },
+}
+
+/// Where to send a CancelRequest for the query a server connection runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CancelTarget {
+    pub addr: Arc<str>,
+    pub process_id: i32,
+    pub secret_key: i32,
+}
+
+impl CancelTarget {
+    /// Sends the CancelRequest and waits until the server closes the socket,
+    /// which it does after it has signalled the backend.
+    pub async fn send(&self, timeout: Duration) -> std::io::Result<()> {
+        let work = async {
+            let mut stream = TcpStream::connect(&*self.addr).await?;
+            let mut buf = BytesMut::with_capacity(16);
+            frontend::cancel_request(self.process_id, self.secret_key, &mut buf);
+            stream.write_all(&buf).await?;
+            let mut sink = [0u8; 64];
+            while stream.read(&mut sink).await? > 0 {}
+            Ok(())
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+    }
+}
+
+/// An authenticated server connection, idle or in use by one client.
+pub struct ServerConn {
+    pub rd: OwnedReadHalf,
+    pub wr: OwnedWriteHalf,
+    /// Bytes read from the server and not yet handled.
+    pub rbuf: BytesMut,
+    pub addr: Arc<str>,
+    process_id: i32,
+    secret_key: i32,
+    /// ParameterStatus values as the server last reported them.
+    params: Vec<(String, String)>,
+    /// Values of unreported parameters that pgsplit set on this server.
+    settings: Vec<(String, String)>,
+    /// Transaction status from the last ReadyForQuery.
+    pub status: u8,
+    /// Set when the connection must not be reused (state unknown).
+    pub broken: bool,
+    /// (client id, parameter version) whose settings this server carries, so
+    /// a client getting back its own server skips the comparison.
+    pub applied_for: Option<(u64, u64)>,
+    pub created: Instant,
+}
+
+impl ServerConn {
+    /// Connects and logs in, bounded by `spec.connect_timeout`.
+    pub async fn connect(spec: &ServerSpec) -> Result<ServerConn, ServerError> {
+        tokio::time::timeout(spec.connect_timeout, Self::connect_inner(spec))
+            .await
+            .unwrap_or_else(|_| Err(ServerError::Timeout(spec.addr.clone())))
+    }
+
+    async fn connect_inner(spec: &ServerSpec) -> Result<ServerConn, ServerError> {
+        let io = |source| ServerError::Io {
+            addr: spec.addr.clone(),
+            source,
+        };
+        let stream = TcpStream::connect(&*spec.addr).await.map_err(io)?;
+        stream.set_nodelay(true).map_err(io)?;
+        let (rd, wr) = stream.into_split();
+        let mut conn = ServerConn {
+            rd,
+            wr,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            addr: spec.addr.clone(),
+            process_id: 0,
+            secret_key: 0,
+            params: Vec::new(),
+            settings: Vec::new(),
+            status: b'I',
+            broken: false,
+            applied_for: None,
+            created: Instant::now(),
+        };
+        let mut out = BytesMut::new();
+        let params = [("user", &*spec.user), ("database", &*spec.database)];
+        frontend::startup_message(params.iter().copied(), &mut out).map_err(io)?;
+        conn.wr.write_all(&out).await.map_err(io)?;
+        conn.authenticate(spec).await?;
+        conn.read_until_ready().await?;
+        Ok(conn)
+    }
+
+    fn protocol(&self, problem: impl Into<String>) -> ServerError {
+        ServerError::Protocol {
+            addr: self.addr.clone(),
+            problem: problem.into(),
+        }
+    }
+
+    fn io(&self, source: std::io::Error) -> ServerError {
+        ServerError::Io {
+            addr: self.addr.clone(),
+            source,
+        }
+    }
+
+    /// Reads one whole message, decoded by postgres-protocol (login and
+    /// pgsplit's own statements only; never the forwarding path).
+    async fn next_message(&mut self) -> Result<backend::Message, ServerError> {
+        loop {
+            match backend::Message::parse(&mut self.rbuf) {
+                Ok(Some(m)) => return Ok(m),
+                Ok(None) => {}
+                Err(e) => return Err(self.protocol(e.to_string())),
+            }
+            let n = self
+                .rd
+                .read_buf(&mut self.rbuf)
+                .await
+                .map_err(|e| self.io(e))?;
+            if n == 0 {
+                return Err(self.io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    async fn send(&mut self, buf: &[u8]) -> Result<(), ServerError> {
+        let r = self.wr.write_all(buf).await;
+        r.map_err(|e| self.io(e))
+    }
+
+    fn rejected(&self, body: &backend::ErrorResponseBody) -> ServerError {
+        let raw = body_bytes(body);
+        let f = parse_error_fields(&raw);
+        ServerError::Rejected {
+            addr: self.addr.clone(),
+            severity: f.severity.to_string(),
+            code: f.code.to_string(),
+            message: f.message.to_string(),
+        }
+    }
+
+    /// Answers whatever authentication the server asks for: trust,
+    /// cleartext, md5 or SCRAM-SHA-256.
+    async fn authenticate(&mut self, spec: &ServerSpec) -> Result<(), ServerError> {
+        let mut out = BytesMut::new();
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            out.clear();
+            match self.next_message().await? {
+                backend::Message::AuthenticationOk => return Ok(()),
+                backend::Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(spec.password.as_bytes(), &mut out)
+                        .map_err(|e| self.io(e))?;
+                }
+                backend::Message::AuthenticationMd5Password(body) => {
+                    let hash =
+                        md5_hash(spec.user.as_bytes(), spec.password.as_bytes(), body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut out)
+                        .map_err(|e| self.io(e))?;
+                }
+                backend::Message::AuthenticationSasl(body) => {
+                    let mut mechanisms = body.mechanisms();
+                    let mut found = false;
+                    while let Ok(Some(m)) = fallible_next(&mut mechanisms) {
+                        found |= m == "SCRAM-SHA-256";
+                    }
+                    if !found {
+                        return Err(
+                            self.protocol("server offers no SASL mechanism pgsplit supports")
+                        );
+                    }
+                    let s =
+                        ScramSha256::new(spec.password.as_bytes(), ChannelBinding::unsupported());
+                    frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)
+                        .map_err(|e| self.io(e))?;
+                    scram = Some(s);
+                }
+                backend::Message::AuthenticationSaslContinue(body) => {
+                    let s = scram.as_mut().ok_or_else(|| ServerError::Protocol {
+                        addr: spec.addr.clone(),
+                        problem: "unexpected SASL continue".into(),
+                    })?;
+                    s.update(body.data()).map_err(|e| ServerError::Protocol {
+                        addr: spec.addr.clone(),
+                        problem: e.to_string(),
+                    })?;
+                    frontend::sasl_response(s.message(), &mut out).map_err(|e| self.io(e))?;
+                }
+                backend::Message::AuthenticationSaslFinal(body) => {
+                    let s = scram.as_mut().ok_or_else(|| ServerError::Protocol {
+                        addr: spec.addr.clone(),
+                        problem: "unexpected SASL final".into(),
+                    })?;
+                    s.finish(body.data()).map_err(|e| ServerError::Protocol {
+                        addr: spec.addr.clone(),
+                        problem: format!("server signature: {e}"),
+                    })?;
+                    continue;
+                }
+                backend::Message::ErrorResponse(body) => return Err(self.rejected(&body)),
+                backend::Message::NoticeResponse(_) => continue,
+                _ => return Err(self.protocol("unsupported authentication request")),
+            }
+            self.send(&out.split()).await?;
+        }
+    }
+
+    /// Reads until ReadyForQuery, recording ParameterStatus and
+    /// BackendKeyData; an ErrorResponse is returned after the
+    /// ReadyForQuery that follows it (or at once if FATAL).
+    async fn read_until_ready(&mut self) -> Result<(), ServerError> {
+        let mut failed = None;
+        loop {
+            match self.next_message().await? {
+                backend::Message::ReadyForQuery(body) => {
+                    self.status = body.status();
+                    return failed.map_or(Ok(()), Err);
+                }
+                backend::Message::ParameterStatus(body) => {
+                    let (Ok(name), Ok(value)) = (body.name(), body.value()) else {
+                        return Err(self.protocol("ParameterStatus is not UTF-8"));
+                    };
+                    let (name, value) = (name.to_string(), value.to_string());
+                    self.set_param(&name, &value);
+                }
+                backend::Message::BackendKeyData(body) => {
+                    self.process_id = body.process_id();
+                    self.secret_key = body.secret_key();
+                }
+                backend::Message::ErrorResponse(body) => {
+                    let err = self.rejected(&body);
+                    if matches!(&err, ServerError::Rejected { severity, .. } if severity == "FATAL" || severity == "PANIC")
+                    {
+                        return Err(err);
+                    }
+                    failed = Some(err);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs a simple-protocol statement of pgsplit's own and discards its
+    /// results (ParameterStatus changes are recorded).
+    pub async fn run_simple(&mut self, sql: &str) -> Result<(), ServerError> {
+        let mut out = BytesMut::with_capacity(sql.len() + 8);
+        frontend::query(sql, &mut out).map_err(|e| self.io(e))?;
+        self.send(&out).await?;
+        self.read_until_ready().await
+    }
+
+    /// Records a value the server reported in ParameterStatus.
+    pub fn set_param(&mut self, name: &str, value: &str) {
+        upsert(&mut self.params, name, value);
+    }
+
+    /// Records a value pgsplit set for a parameter the server does not report.
+    pub fn note_setting(&mut self, name: &str, value: &str) {
+        if self.reported(name).is_none() {
+            upsert(&mut self.settings, name, value);
+        }
+    }
+
+    /// The value the server last reported for `name`.
+    pub fn reported(&self, name: &str) -> Option<&str> {
+        lookup(&self.params, name)
+    }
+
+    /// The value of a parameter as far as pgsplit knows: reported by the
+    /// server or set by pgsplit.
+    pub fn current(&self, name: &str) -> Option<&str> {
+        self.reported(name).or_else(|| lookup(&self.settings, name))
+    }
+
+    /// Every reported parameter, in the order first seen.
+    pub fn params(&self) -> &[(String, String)] {
+        &self.params
+    }
+
+    /// Runs the reset query and forgets what pgsplit had set.
+    pub async fn reset(&mut self, query: &str) -> Result<(), ServerError> {
+        self.run_simple(query).await?;
+        self.settings.clear();
+        self.applied_for = None;
+        Ok(())
+    }
+
+    /// Where a CancelRequest for this connection goes.
+    pub fn cancel_target(&self) -> CancelTarget {
+        CancelTarget {
+            addr: self.addr.clone(),
+            process_id: self.process_id,
+            secret_key: self.secret_key,
+        }
+    }
+
+    /// True when the connection sits between transactions with nothing
+    /// unread, so another client may use it.
+    pub fn is_clean(&self) -> bool {
+        !self.broken && self.status == b'I' && self.rbuf.is_empty()
+    }
+}
+
+fn lookup<'a>(list: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    list.iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        .map(|(_, v)| v.as_str())
+}
+
+fn upsert(list: &mut Vec<(String, String)>, name: &str, value: &str) {
+    match list.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name)) {
+        Some((_, v)) if v == value => {}
+        Some((_, v)) => *v = value.to_string(),
+        None => list.push((name.to_string(), value.to_string())),
+    }
+}
+
+/// The raw body of an ErrorResponse, for [`parse_error_fields`].
+fn body_bytes(body: &backend::ErrorResponseBody) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let mut fields = body.fields();
+    while let Ok(Some(f)) = fallible_next(&mut fields) {
+        raw.push(f.type_());
+        raw.extend_from_slice(f.value_bytes());
+        raw.push(0);
+    }
+    raw.push(0);
+    raw
+}
+
+fn fallible_next<I: fallible_iterator::FallibleIterator>(
+    it: &mut I,
+) -> Result<Option<I::Item>, I::Error> {
+    it.next()
+}

@@ -1,0 +1,160 @@
+//! The listener: accepts clients, enforces `max_client_connections`, and
+//! runs one task per client (login, then the session loop).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::client::auth::UserDirectory;
+use crate::client::{login, session};
+use crate::config::Config;
+use crate::pool::cancel::CancelRegistry;
+use crate::pool::pools::{PoolSettings, Pools};
+use crate::topology::{self, Topology, TopologyWatch};
+
+/// State every client task shares.
+pub struct Shared {
+    pub config: Arc<Config>,
+    pub users: UserDirectory,
+    pub pools: Arc<Pools>,
+    pub cancels: CancelRegistry,
+    pub topology: TopologyWatch,
+    /// Clients connected right now (counted from accept to close).
+    pub clients: AtomicUsize,
+    next_client_id: AtomicU64,
+}
+
+impl Shared {
+    /// A process-unique id for a new client.
+    pub fn next_client_id(&self) -> u64 {
+        self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Why the proxy could not start.
+#[derive(Debug, Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+}
+
+/// A running proxy.
+pub struct Proxy {
+    local_addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    accept_task: JoinHandle<()>,
+    _topology: watch::Sender<Arc<Topology>>,
+}
+
+impl Proxy {
+    /// Binds `proxy.listen` and starts serving.
+    pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        let listener = TcpListener::bind(&config.proxy.listen)
+            .await
+            .map_err(|source| StartError::Listen {
+                addr: config.proxy.listen.clone(),
+                source,
+            })?;
+        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
+            addr: config.proxy.listen.clone(),
+            source,
+        })?;
+        let p = &config.proxy;
+        let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
+        let pools = Pools::new(PoolSettings {
+            pool_size: p.pool_size as usize,
+            query_wait_timeout: p.query_wait_timeout.0,
+            connect_timeout: p.server_connect_timeout.0,
+            idle_timeout: nonzero(p.server_idle_timeout.0),
+            lifetime: nonzero(p.server_lifetime.0),
+        });
+        let (topology_tx, topology_rx) = topology::publish(&config);
+        let shared = Arc::new(Shared {
+            users: UserDirectory::new(&config),
+            config: Arc::new(config),
+            pools: pools.clone(),
+            cancels: CancelRegistry::default(),
+            topology: topology_rx,
+            clients: AtomicUsize::new(0),
+            next_client_id: AtomicU64::new(1),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(pools.run_sweeper(stop.clone()));
+        let accept_task = tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
+        tracing::info!(listen = %local_addr, "pgsplit is accepting clients");
+        Ok(Proxy {
+            local_addr,
+            shared,
+            stop,
+            accept_task,
+            _topology: topology_tx,
+        })
+    }
+
+    /// The address clients connect to (useful when listening on port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// State shared with client tasks (pools, clients), for status output.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// Stops accepting and closes the pools. Client tasks end as their
+    /// sockets close.
+    pub async fn stop(self) {
+        self.stop.cancel();
+        let _ = self.accept_task.await;
+        self.shared.pools.close();
+    }
+}
+
+async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                tokio::spawn(serve_client(stream, peer, shared.clone()));
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Decrements the client count however the task ends.
+struct ClientSlot<'a>(&'a AtomicUsize);
+
+impl Drop for ClientSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let _ = stream.set_nodelay(true);
+    let count = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
+    let _slot = ClientSlot(&shared.clients);
+    let over_limit = count > shared.config.proxy.max_client_connections as usize;
+    let Some((stream, pending, ready)) = login::login(stream, peer, &shared, over_limit).await
+    else {
+        return;
+    };
+    session::run(stream, pending, ready, &shared).await;
+}

@@ -1,0 +1,118 @@
+//! The cluster topology: which members each cluster has and what role each
+//! plays, published as immutable snapshots through a `watch` channel.
+//!
+//! Pools and sessions read snapshots and never call back in. Only the
+//! `static` source exists so far: it publishes the configured addresses
+//! once. Patroni and Kubernetes sources, role probing and health/lag come
+//! with the topology work and publish through the same channel.
+
+use std::sync::Arc;
+use tokio::sync::watch;
+
+use crate::config::{Config, DiscoveryConfig};
+
+/// What a member does in its cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Leader,
+    Replica,
+}
+
+/// One PostgreSQL server of a cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Member {
+    /// `host:port`.
+    pub addr: Arc<str>,
+    pub role: Role,
+}
+
+/// One cluster's members.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterTopology {
+    pub name: String,
+    pub members: Vec<Member>,
+}
+
+impl ClusterTopology {
+    /// The member that takes writes, if one is known.
+    pub fn leader(&self) -> Option<&Member> {
+        self.members.iter().find(|m| m.role == Role::Leader)
+    }
+
+    /// Members that serve reads only.
+    pub fn replicas(&self) -> impl Iterator<Item = &Member> {
+        self.members.iter().filter(|m| m.role == Role::Replica)
+    }
+}
+
+/// A snapshot of every cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Topology {
+    pub clusters: Vec<ClusterTopology>,
+}
+
+impl Topology {
+    /// The snapshot the `static` source describes.
+    pub fn from_config(config: &Config) -> Topology {
+        let clusters = config
+            .clusters
+            .iter()
+            .map(|c| {
+                let members = match &c.discovery {
+                    DiscoveryConfig::Static { leader, replicas } => std::iter::once(Member {
+                        addr: leader.as_str().into(),
+                        role: Role::Leader,
+                    })
+                    .chain(replicas.iter().map(|r| Member {
+                        addr: r.as_str().into(),
+                        role: Role::Replica,
+                    }))
+                    .collect(),
+                    // Refused by config validation until these sources exist.
+                    DiscoveryConfig::Patroni { .. } | DiscoveryConfig::Kubernetes { .. } => {
+                        Vec::new()
+                    }
+                };
+                ClusterTopology {
+                    name: c.name.clone(),
+                    members,
+                }
+            })
+            .collect();
+        Topology { clusters }
+    }
+
+    /// The cluster called `name`.
+    pub fn cluster(&self, name: &str) -> Option<&ClusterTopology> {
+        self.clusters.iter().find(|c| c.name == name)
+    }
+}
+
+/// Receiving end of topology snapshots.
+pub type TopologyWatch = watch::Receiver<Arc<Topology>>;
+
+/// Starts publishing the topology for `config`; the sender must be kept
+/// alive as long as the proxy runs.
+pub fn publish(config: &Config) -> (watch::Sender<Arc<Topology>>, TopologyWatch) {
+    watch::channel(Arc::new(Topology::from_config(config)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn static_source_lists_leader_and_replicas() {
+        let config = Config::parse(
+            "[[users]]\nname='a'\npassword='b'\n[[clusters]]\nname='main'\n[clusters.discovery]\nkind='static'\nleader='h:1'\nreplicas=['h:2','h:3']\n",
+            "t",
+            std::iter::empty(),
+        )
+        .unwrap();
+        let t = Topology::from_config(&config);
+        let c = t.cluster("main").unwrap();
+        assert_eq!(&*c.leader().unwrap().addr, "h:1");
+        assert_eq!(c.replicas().count(), 2);
+        assert!(t.cluster("other").is_none());
+    }
+}
