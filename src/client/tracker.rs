@@ -37,8 +37,8 @@ impl SyncTracker {
             b'S' => {
                 if !self.copy_in {
                     self.pending.push_back(Expect::Sync);
+                    self.unsynced = false;
                 }
-                self.unsynced = false;
             }
             b'Q' | b'F' => self.pending.push_back(Expect::Query),
             b'c' | b'f' => {
@@ -55,18 +55,27 @@ impl SyncTracker {
 
     /// The server sent CopyInResponse: Syncs sent after the command that
     /// started the copy and before its CopyDone/CopyFail will be ignored.
+    /// In the extended protocol that leaves the Execute unsynced until a
+    /// Sync after the CopyDone arrives.
     pub fn server_copy_in(&mut self) {
         let end = self.pending.iter().position(|e| *e == Expect::CopyEnd);
         let upto = end.unwrap_or(self.pending.len());
         let mut kept = VecDeque::with_capacity(self.pending.len());
+        let mut voided_sync = false;
+        let mut sync_after_end = false;
         for (i, e) in self.pending.drain(..).enumerate() {
-            let voided = (i < upto && e == Expect::Sync) || Some(i) == end;
-            if !voided {
+            if i < upto && e == Expect::Sync {
+                voided_sync = true;
+            } else if Some(i) != end {
+                sync_after_end |= end.is_some_and(|end| i > end) && e == Expect::Sync;
                 kept.push_back(e);
             }
         }
         self.pending = kept;
         self.copy_in = end.is_none();
+        if voided_sync && !sync_after_end {
+            self.unsynced = true;
+        }
     }
 
     /// The server sent ErrorResponse; it leaves copy-in mode if it was in it.

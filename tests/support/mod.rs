@@ -1,0 +1,150 @@
+//! Test harness: a real PostgreSQL cluster (leader + streaming replicas from
+//! `pgsplit::demo::cluster`, torn down on drop and on panic) with pgsplit
+//! running in-process in front of it, and clients to drive both.
+
+#![allow(dead_code)]
+
+pub mod raw;
+
+use pgsplit::config::Config;
+use pgsplit::demo::cluster::{LocalCluster, APP_DATABASE, APP_PASSWORD, APP_USER, AUTH_USERS};
+use pgsplit::proxy::Proxy;
+use std::net::SocketAddr;
+use std::process::{Command, Output};
+use tokio_postgres::{Client, NoTls};
+
+/// A cluster with pgsplit in front.
+pub struct TestEnv {
+    pub proxy: Option<Proxy>,
+    pub addr: SocketAddr,
+    // Dropped last: the proxy must stop before the servers go.
+    pub cluster: LocalCluster,
+}
+
+/// The config the tests run with; `proxy_extra` adds lines to `[proxy]`.
+pub fn config_text(cluster: &LocalCluster, proxy_extra: &str) -> String {
+    let mut users = format!("[[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n");
+    for (user, password, _) in AUTH_USERS {
+        users.push_str(&format!(
+            "[[users]]\nname = \"{user}\"\npassword = \"{password}\"\n"
+        ));
+    }
+    let replicas: Vec<String> = cluster
+        .replicas
+        .iter()
+        .map(|r| format!("\"{}\"", r.addr()))
+        .collect();
+    format!(
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{proxy_extra}\n\n{users}\n\
+         [[clusters]]\nname = \"main\"\n[clusters.discovery]\nkind = \"static\"\nleader = \"{}\"\nreplicas = [{}]\n",
+        cluster.leader.addr(),
+        replicas.join(", ")
+    )
+}
+
+impl TestEnv {
+    /// A leader with `replicas` replicas and pgsplit configured with
+    /// `proxy_extra` in `[proxy]`.
+    pub async fn start(replicas: usize, proxy_extra: &str) -> TestEnv {
+        let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(replicas))
+            .await
+            .expect("cluster thread")
+            .expect("start the local cluster");
+        let text = config_text(&cluster, proxy_extra);
+        let config =
+            Config::parse(&text, "test config", std::iter::empty()).expect("test config is valid");
+        let proxy = Proxy::start(config).await.expect("start pgsplit");
+        let addr = proxy.local_addr();
+        TestEnv {
+            proxy: Some(proxy),
+            addr,
+            cluster,
+        }
+    }
+
+    /// A libpq URL for `user` through pgsplit.
+    pub fn url_for(&self, user: &str, password: &str) -> String {
+        format!(
+            "postgres://{user}:{password}@127.0.0.1:{}/{APP_DATABASE}?sslmode=disable",
+            self.addr.port()
+        )
+    }
+
+    /// The app user's URL through pgsplit.
+    pub fn url(&self) -> String {
+        self.url_for(APP_USER, APP_PASSWORD)
+    }
+
+    /// The app user's URL straight to the leader.
+    pub fn leader_url(&self) -> String {
+        format!(
+            "postgres://{APP_USER}:{APP_PASSWORD}@127.0.0.1:{}/{APP_DATABASE}?sslmode=disable",
+            self.cluster.leader.port
+        )
+    }
+
+    /// tokio-postgres through pgsplit as the app user.
+    pub async fn connect(&self) -> Client {
+        connect(&self.url()).await.expect("connect through pgsplit")
+    }
+
+    /// tokio-postgres straight to the leader as the app user.
+    pub async fn connect_leader(&self) -> Client {
+        connect(&self.leader_url())
+            .await
+            .expect("connect to the leader")
+    }
+
+    /// Superuser SQL on the leader (psql over the Unix socket).
+    pub fn leader_sql(&self, sql: &str) -> String {
+        self.cluster
+            .psql(self.cluster.leader.port, APP_DATABASE, sql)
+            .expect("psql on the leader")
+            .trim()
+            .to_string()
+    }
+
+    /// Server processes of the app user on the leader (excluding the one
+    /// asking).
+    pub fn app_backends(&self) -> usize {
+        self.leader_sql(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = '{APP_USER}' AND pid <> pg_backend_pid()"
+        ))
+        .parse()
+        .expect("a count")
+    }
+
+    /// Runs a client program (psql, pgbench) with the app password set.
+    pub fn client_command(&self, program: &str, args: &[&str]) -> Output {
+        Command::new(program)
+            .args(args)
+            .env("PGPASSWORD", APP_PASSWORD)
+            .env("PGSSLMODE", "disable")
+            .env("PGCONNECT_TIMEOUT", "10")
+            .output()
+            .unwrap_or_else(|e| panic!("run {program}: {e}"))
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        // Pools close with the proxy; the cluster's own Drop stops servers.
+        if let Some(proxy) = self.proxy.take() {
+            drop(proxy);
+        }
+    }
+}
+
+/// Connects tokio-postgres and drives its connection in the background.
+pub async fn connect(url: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(client)
+}
+
+/// The SQLSTATE of a tokio-postgres error, if it carries one.
+pub fn sqlstate(e: &tokio_postgres::Error) -> Option<String> {
+    e.code().map(|c| c.code().to_string())
+}
