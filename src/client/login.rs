@@ -220,14 +220,33 @@ async fn login_inner(
         user.config.password(),
     );
     let client_id = shared.next_client_id();
-    let mut server = shared.pools.checkout(&pool).await.map_err(checkout_error)?;
-    if let Err(e) = client_params.apply(&mut server, client_id).await {
-        return Err(server_error(e));
-    }
-    client_params.adopt_canonical(&server);
-    for (name, value) in server.params() {
-        messages::parameter_status(&mut out, name, value);
-    }
+    let session_mode = shared.config.proxy.pool_mode == PoolMode::Session;
+    // A server now, if one is free, to check the client's settings and
+    // learn the server's values; in transaction mode a busy pool must not
+    // stop logins, so the values a fresh server reported stand in.
+    let cached = pool.manager().startup_params();
+    let server = match (&cached, session_mode) {
+        (Some(_), false) => shared.pools.checkout_now(&pool).await,
+        _ => Some(shared.pools.checkout(&pool).await.map_err(checkout_error)?),
+    };
+    let mut server = match server {
+        Some(mut server) => {
+            if let Err(e) = client_params.apply(&mut server, client_id).await {
+                return Err(server_error(e));
+            }
+            for (name, value) in server.params() {
+                messages::parameter_status(&mut out, name, value);
+            }
+            Some(server)
+        }
+        None => {
+            let startup = cached.unwrap_or_default();
+            for (name, value) in client_params.overlay(&startup) {
+                messages::parameter_status(&mut out, name, value);
+            }
+            None
+        }
+    };
     let (cancel_key, cancel) = shared.cancels.register();
     messages::backend_key_data(&mut out, cancel_key.process_id, cancel_key.secret_key);
     messages::ready_for_query(&mut out, b'I');
@@ -235,13 +254,11 @@ async fn login_inner(
         shared.cancels.unregister(cancel_key);
         return Err(lost(e));
     }
-    let server = match shared.config.proxy.pool_mode {
-        PoolMode::Session => {
-            cancel.hold(server.cancel_target());
-            Some(server)
-        }
-        PoolMode::Transaction => None,
-    };
+    if !session_mode {
+        server = None;
+    } else if let Some(server) = &server {
+        cancel.hold(server.cancel_target());
+    }
     Ok(Some(LoggedIn {
         peer: SocketAddr::from(([0, 0, 0, 0], 0)),
         user,

@@ -91,52 +91,102 @@ impl ClientParams {
         }
     }
 
-    /// After the first server took the client's values, adopt the server's
-    /// spelling of them ("ISO" becomes "ISO, MDY"), so later comparisons
-    /// match without another round trip.
-    pub fn adopt_canonical(&mut self, server: &ServerConn) {
-        for (name, value) in &mut self.values {
-            if let Some(reported) = server.reported(name) {
-                if reported != value {
-                    *value = reported.to_string();
-                }
-            }
-        }
-        self.version += 1;
+    /// The ParameterStatus values a client should see: the server's
+    /// startup values with the client's own settings over them.
+    pub fn overlay<'a>(
+        &'a self,
+        startup: &'a [(String, String)],
+    ) -> impl Iterator<Item = (&'a str, &'a str)> {
+        startup
+            .iter()
+            .map(|(name, value)| (name.as_str(), self.get(name).unwrap_or(value)))
     }
 
-    /// The statement that brings `server` to this client's values, if any
-    /// differ.
-    fn diff_sql(&self, server: &ServerConn) -> Option<String> {
-        let mut sql = String::new();
-        for (name, value) in &self.values {
-            if server.current(name) == Some(value.as_str()) {
-                continue;
+    /// What must change on `server` for this client: parameters to set to
+    /// the client's values, and parameters another client changed that
+    /// this client never asked for, to RESET to their defaults.
+    fn plan(&self, server: &ServerConn) -> (Vec<usize>, Vec<String>) {
+        let sets = (0..self.values.len())
+            .filter(|&i| {
+                let (name, value) = &self.values[i];
+                server.current(name) != Some(value.as_str())
+            })
+            .collect();
+        let mut resets: Vec<String> = server
+            .settings()
+            .iter()
+            .filter(|(name, _)| self.get(name).is_none())
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in FOLLOWED {
+            if self.get(name).is_none() && server.reported(name) != server.default_value(name) {
+                resets.push(name.to_string());
             }
-            sql.push_str(if sql.is_empty() { "SELECT " } else { ", " });
+        }
+        (sets, resets)
+    }
+
+    /// The statements carrying out a plan.
+    fn plan_sql(&self, sets: &[usize], resets: &[String]) -> String {
+        let mut sql = String::new();
+        for name in resets {
+            sql.push_str("RESET ");
+            push_ident(&mut sql, name);
+            sql.push_str("; ");
+        }
+        for (i, &index) in sets.iter().enumerate() {
+            let (name, value) = &self.values[index];
+            sql.push_str(if i == 0 { "SELECT " } else { ", " });
             sql.push_str("pg_catalog.set_config(");
             push_literal(&mut sql, name);
             sql.push_str(", ");
             push_literal(&mut sql, value);
             sql.push_str(", false)");
         }
-        (!sql.is_empty()).then_some(sql)
+        sql
     }
 
     /// Makes `server` carry this client's values. `client_id` with the
     /// version lets a client skip the work on a server it left unchanged.
-    pub async fn apply(&self, server: &mut ServerConn, client_id: u64) -> Result<(), ServerError> {
+    /// Values the server reports back are adopted in the server's spelling
+    /// ("ISO" becomes "ISO, MDY") so later comparisons match.
+    pub async fn apply(
+        &mut self,
+        server: &mut ServerConn,
+        client_id: u64,
+    ) -> Result<(), ServerError> {
         if server.applied_for == Some((client_id, self.version)) {
             return Ok(());
         }
-        if let Some(sql) = self.diff_sql(server) {
-            server.run_simple(&sql).await?;
-            for (name, value) in &self.values {
-                server.note_setting(name, value);
+        let (sets, resets) = self.plan(server);
+        if !sets.is_empty() || !resets.is_empty() {
+            server.run_simple(&self.plan_sql(&sets, &resets)).await?;
+            for name in &resets {
+                server.forget_setting(name);
+            }
+            for &index in &sets {
+                let (name, value) = &mut self.values[index];
+                match server.reported(name) {
+                    Some(reported) if reported != value => *value = reported.to_string(),
+                    Some(_) => {}
+                    None => server.note_setting(name, value),
+                }
             }
         }
         server.applied_for = Some((client_id, self.version));
         Ok(())
+    }
+}
+
+/// Appends a (possibly dotted) parameter name as quoted identifiers.
+fn push_ident(out: &mut String, name: &str) {
+    for (i, part) in name.split('.').enumerate() {
+        if i > 0 {
+            out.push('.');
+        }
+        out.push('"');
+        out.push_str(&part.replace('"', "\"\""));
+        out.push('"');
     }
 }
 
@@ -197,6 +247,13 @@ mod tests {
         assert!(p.version > v);
         p.follow_report("is_superuser", "on");
         assert_eq!(p.get("is_superuser"), None);
+    }
+
+    #[test]
+    fn identifiers_are_quoted_per_part() {
+        let mut s = String::new();
+        push_ident(&mut s, "my.setting");
+        assert_eq!(s, "\"my\".\"setting\"");
     }
 
     #[test]

@@ -25,7 +25,7 @@ pub const APP_DATABASE: &str = "app";
 pub const AUTH_USERS: &[(&str, &str, &str)] = &[
     ("pgsplit_md5", "md5-secret", "md5"),
     ("pgsplit_password", "plain-secret", "password"),
-    ("pgsplit_trust", "", "trust"),
+    ("pgsplit_trust", "trust-secret", "trust"),
 ];
 
 /// Why a local cluster could not be made or used.

@@ -22,6 +22,20 @@ use super::server::{ServerConn, ServerError, ServerSpec};
 pub struct ServerManager {
     spec: ServerSpec,
     lifetime: Option<Duration>,
+    /// ParameterStatus values of the newest fresh connection, so a client
+    /// can log in while every server is busy.
+    startup_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
+}
+
+impl ServerManager {
+    /// What a fresh server of this pool reports at startup, once one was
+    /// opened.
+    pub fn startup_params(&self) -> Option<Arc<Vec<(String, String)>>> {
+        self.startup_params
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
 }
 
 impl managed::Manager for ServerManager {
@@ -30,6 +44,10 @@ impl managed::Manager for ServerManager {
 
     async fn create(&self) -> Result<ServerConn, ServerError> {
         let conn = ServerConn::connect(&self.spec).await?;
+        *self
+            .startup_params
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(conn.params().to_vec()));
         tracing::debug!(server = %self.spec.addr, user = %self.spec.user, database = %self.spec.database, "server connection opened");
         Ok(conn)
     }
@@ -122,6 +140,7 @@ impl Pools {
                 connect_timeout: s.connect_timeout,
             },
             lifetime: s.lifetime,
+            startup_params: Mutex::new(None),
         };
         let pool = managed::Pool::builder(manager)
             .max_size(s.pool_size)
@@ -145,6 +164,16 @@ impl Pools {
             PoolError::Backend(e) => CheckoutError::Connect(e),
             _ => CheckoutError::Closed,
         })
+    }
+
+    /// A server only if one is free (or can be opened) right now.
+    pub async fn checkout_now(&self, pool: &ServerPool) -> Option<PooledServer> {
+        let timeouts = managed::Timeouts {
+            wait: Some(Duration::ZERO),
+            create: Some(self.settings.connect_timeout),
+            recycle: None,
+        };
+        pool.timeout_get(&timeouts).await.ok()
     }
 
     /// Closes idle connections past `server_idle_timeout` or

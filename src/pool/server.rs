@@ -89,6 +89,9 @@ pub struct ServerConn {
     params: Vec<(String, String)>,
     /// Values of unreported parameters that pgsplit set on this server.
     settings: Vec<(String, String)>,
+    /// ParameterStatus values as reported at connection start: what RESET
+    /// brings a parameter back to.
+    defaults: Vec<(String, String)>,
     /// Transaction status from the last ReadyForQuery.
     pub status: u8,
     /// Set when the connection must not be reused (state unknown).
@@ -124,6 +127,7 @@ impl ServerConn {
             secret_key: 0,
             params: Vec::new(),
             settings: Vec::new(),
+            defaults: Vec::new(),
             status: b'I',
             broken: false,
             applied_for: None,
@@ -135,6 +139,7 @@ impl ServerConn {
         conn.wr.write_all(&out).await.map_err(io)?;
         conn.authenticate(spec).await?;
         conn.read_until_ready().await?;
+        conn.defaults = conn.params.clone();
         Ok(conn)
     }
 
@@ -308,6 +313,21 @@ impl ServerConn {
         if self.reported(name).is_none() {
             upsert(&mut self.settings, name, value);
         }
+    }
+
+    /// Forgets a setting pgsplit has just RESET.
+    pub fn forget_setting(&mut self, name: &str) {
+        self.settings.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+    }
+
+    /// Unreported parameters pgsplit set on this server.
+    pub fn settings(&self) -> &[(String, String)] {
+        &self.settings
+    }
+
+    /// The value `name` had when the connection started.
+    pub fn default_value(&self, name: &str) -> Option<&str> {
+        lookup(&self.defaults, name)
     }
 
     /// The value the server last reported for `name`.
