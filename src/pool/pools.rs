@@ -18,19 +18,22 @@ use tokio_util::sync::CancellationToken;
 
 use super::server::{ServerConn, ServerError, ServerSpec};
 
+/// ParameterStatus name/value pairs a fresh server reported.
+pub type StartupParams = Arc<Vec<(String, String)>>;
+
 /// Opens and vets server connections for one pool.
 pub struct ServerManager {
     spec: ServerSpec,
     lifetime: Option<Duration>,
     /// ParameterStatus values of the newest fresh connection, so a client
     /// can log in while every server is busy.
-    startup_params: Mutex<Option<Arc<Vec<(String, String)>>>>,
+    startup_params: Mutex<Option<StartupParams>>,
 }
 
 impl ServerManager {
     /// What a fresh server of this pool reports at startup, once one was
     /// opened.
-    pub fn startup_params(&self) -> Option<Arc<Vec<(String, String)>>> {
+    pub fn startup_params(&self) -> Option<StartupParams> {
         self.startup_params
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
