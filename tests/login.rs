@@ -41,12 +41,10 @@ async fn wrong_password_and_unknown_user_get_the_same_error() {
     let env = TestEnv::start(0, "").await;
     let wrong = connect(&env.url_for("app", "nope"))
         .await
-        .err()
-        .expect("wrong password refused");
+        .expect_err("wrong password refused");
     let unknown = connect(&env.url_for("ghost", "nope"))
         .await
-        .err()
-        .expect("unknown user refused");
+        .expect_err("unknown user refused");
     assert_eq!(sqlstate(&wrong).as_deref(), Some("28P01"));
     assert_eq!(sqlstate(&unknown).as_deref(), Some("28P01"));
     let msg = |e: &tokio_postgres::Error| e.as_db_error().unwrap().message().to_string();
@@ -201,8 +199,7 @@ async fn startup_parameters_reach_the_server_per_client() {
         Ok(c) => c
             .query_one("SELECT 1", &[])
             .await
-            .err()
-            .expect("refused at first use"),
+            .expect_err("refused at first use"),
     };
     assert_eq!(sqlstate(&err).as_deref(), Some("22023"));
 }

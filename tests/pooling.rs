@@ -61,8 +61,7 @@ async fn session_mode_holds_a_server_and_times_out_waiters() {
     assert_eq!(pid, again, "session mode keeps one server");
     let err = support::connect(&env.url())
         .await
-        .err()
-        .expect("no server for a second session");
+        .expect_err("no server for a second session");
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
     let message = err
         .as_db_error()

@@ -102,7 +102,8 @@ async fn portal_suspension_on_the_wire() {
     let env = env().await;
     let mut c = app_raw(&env).await;
     let mut p = BytesMut::new();
-    for m in [raw::query("BEGIN")] {
+    {
+        let m = raw::query("BEGIN");
         raw::push(&mut p, &m);
     }
     c.send(&p).await;
