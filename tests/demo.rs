@@ -1,0 +1,58 @@
+//! `pgsplit demo` end to end: it prints a DATABASE_URL that works, and on
+//! SIGTERM it stops the servers, removes the cluster and exits 0.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+#[test]
+fn demo_serves_and_cleans_up_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+        .arg("demo")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start pgsplit demo");
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let mut url = None;
+    let mut leader_port = None;
+    while url.is_none() && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) {
+            if let Some(u) = line.strip_prefix("DATABASE_URL=") {
+                url = Some(u.to_string());
+            }
+            if let Some(addr) = line.strip_prefix("leader   ") {
+                leader_port = addr.rsplit(':').next().and_then(|p| p.trim().parse::<u16>().ok());
+            }
+        }
+    }
+    let url = url.expect("demo printed a DATABASE_URL");
+    let leader_port = leader_port.expect("demo printed the leader");
+    let out = Command::new("psql")
+        .args([&url, "-Atc", "SELECT inet_server_port()"])
+        .output()
+        .expect("run psql");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), leader_port.to_string());
+
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut status = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while status.is_none() && Instant::now() < deadline {
+        status = child.try_wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = status.expect("demo exits after SIGTERM");
+    assert!(status.success(), "{status}");
+    let lines: Vec<String> = rx.try_iter().collect();
+    assert!(lines.iter().any(|l| l.contains("cluster stopped and removed")), "{lines:?}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", leader_port)).is_err(), "leader stopped");
+}
