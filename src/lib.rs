@@ -12,3 +12,4 @@ pub mod pool;
 pub mod proxy;
 pub mod topology;
 pub mod wire;
+pub mod route;

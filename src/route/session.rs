@@ -1,0 +1,265 @@
+//! Statements that change session state, recognised from their text so
+//! that transaction pooling can carry the state to the next server, or pin
+//! the client to its server when the state cannot be carried.
+
+use super::lexer::{statements, Kind, Token};
+
+/// Reported parameters: their changes arrive as ParameterStatus and are
+/// followed from there (including the undo of a rollback).
+const REPORTED: &[&str] = &[
+    "application_name",
+    "client_encoding",
+    "datestyle",
+    "intervalstyle",
+    "timezone",
+    "standard_conforming_strings",
+];
+
+/// Functions whose effect outlives the transaction and cannot be replayed.
+const SESSION_FUNCTIONS: &[&str] = &[
+    "set_config",
+    "pg_advisory_lock",
+    "pg_advisory_lock_shared",
+    "pg_try_advisory_lock",
+    "pg_try_advisory_lock_shared",
+];
+
+/// One statement's effect on session state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// `SET [SESSION] name TO ...` of an unreported parameter: the SQL
+    /// after TO/= , to be replayed as `SET name TO <sql>`.
+    Set { name: String, sql: String },
+    /// `RESET name` or `SET name TO DEFAULT` of an unreported parameter.
+    Reset { name: String },
+    /// `RESET ALL`.
+    ResetAll,
+    /// `DISCARD ALL`.
+    DiscardAll,
+    /// `DEALLOCATE [PREPARE] ALL`.
+    DeallocateAll,
+    /// `DEALLOCATE [PREPARE] name`.
+    Deallocate { name: String },
+    /// State pgsplit cannot carry: the client must keep its server.
+    Pin(&'static str),
+}
+
+/// The session effects of every statement in `sql`, in order.
+pub fn effects(sql: &str, standard_conforming_strings: bool) -> Vec<Effect> {
+    let mut out = Vec::new();
+    for stmt in statements(sql, standard_conforming_strings) {
+        if let Some(e) = statement_effect(sql, &stmt) {
+            out.push(e);
+        }
+    }
+    out
+}
+
+/// A cheap pre-check: could `sql` have any session effect at all? Lets the
+/// hot path skip the lexer for ordinary statements.
+pub fn may_have_effects(sql: &[u8]) -> bool {
+    const NEEDLES: &[&[u8]] = &[
+        b"set", b"reset", b"discard", b"deallocate", b"prepare", b"listen", b"declare", b"temp", b"advisory", b"load",
+    ];
+    sql.windows(3).any(|w| {
+        let w = [w[0].to_ascii_lowercase(), w[1].to_ascii_lowercase(), w[2].to_ascii_lowercase()];
+        NEEDLES.iter().any(|n| n[..3] == w)
+    })
+}
+
+fn word<'a>(sql: &'a str, t: Option<&Token>) -> Option<String> {
+    let t = t?;
+    match t.kind {
+        Kind::Word => Some(t.text(sql).to_ascii_lowercase()),
+        Kind::QuotedIdent => {
+            let text = t.text(sql);
+            Some(text[1..text.len().saturating_sub(1).max(1)].replace("\"\"", "\""))
+        }
+        _ => None,
+    }
+}
+
+/// A possibly dotted parameter name starting at `tokens[i]`; returns it
+/// and the index after it.
+fn param_name(sql: &str, tokens: &[Token], mut i: usize) -> Option<(String, usize)> {
+    let mut name = word(sql, tokens.get(i))?;
+    i += 1;
+    while tokens.get(i).is_some_and(|t| t.kind == Kind::Punct(b'.')) {
+        name.push('.');
+        name.push_str(&word(sql, tokens.get(i + 1))?);
+        i += 2;
+    }
+    Some((name, i))
+}
+
+fn statement_effect(sql: &str, t: &[Token]) -> Option<Effect> {
+    let first = word(sql, t.first())?;
+    let kw = |i: usize, k: &str| t.get(i).is_some_and(|tok| tok.is_word(sql, k));
+    match first.as_str() {
+        "set" => {
+            let mut i = 1;
+            if kw(1, "local") {
+                return None;
+            }
+            if kw(1, "session") {
+                if kw(2, "authorization") || kw(2, "characteristics") {
+                    return Some(Effect::Pin("SET SESSION AUTHORIZATION/CHARACTERISTICS"));
+                }
+                i = 2;
+            }
+            if kw(i, "role") {
+                return Some(Effect::Pin("SET ROLE"));
+            }
+            if kw(i, "transaction") || kw(i, "constraints") {
+                return None;
+            }
+            // SET TIME ZONE, SET NAMES: reported parameters.
+            if (kw(i, "time") && kw(i + 1, "zone")) || kw(i, "names") {
+                return None;
+            }
+            if kw(i, "schema") {
+                let value = t.get(i + 1)?;
+                return Some(Effect::Set {
+                    name: "search_path".into(),
+                    sql: sql[value.start..t.last()?.end].to_string(),
+                });
+            }
+            let (name, j) = param_name(sql, t, i)?;
+            if REPORTED.contains(&name.as_str()) {
+                return None;
+            }
+            let sep = t.get(j)?;
+            let is_sep = sep.is_word(sql, "to") || (sep.kind == Kind::Operator && sep.text(sql) == "=");
+            if !is_sep {
+                return Some(Effect::Pin("unrecognised SET"));
+            }
+            let value = t.get(j + 1)?;
+            if t.len() == j + 2 && value.is_word(sql, "default") {
+                return Some(Effect::Reset { name });
+            }
+            Some(Effect::Set {
+                name,
+                sql: sql[value.start..t.last()?.end].to_string(),
+            })
+        }
+        "reset" => {
+            if kw(1, "all") {
+                return Some(Effect::ResetAll);
+            }
+            if kw(1, "role") || kw(1, "session") {
+                return Some(Effect::Pin("RESET ROLE/SESSION AUTHORIZATION"));
+            }
+            let (name, _) = param_name(sql, t, 1)?;
+            (!REPORTED.contains(&name.as_str())).then_some(Effect::Reset { name })
+        }
+        "discard" if kw(1, "all") => Some(Effect::DiscardAll),
+        "discard" => None,
+        "deallocate" => {
+            let i = if kw(1, "prepare") { 2 } else { 1 };
+            if kw(i, "all") {
+                return Some(Effect::DeallocateAll);
+            }
+            let name = word(sql, t.get(i))?;
+            Some(Effect::Deallocate { name })
+        }
+        "prepare" if !kw(1, "transaction") => Some(Effect::Pin("PREPARE")),
+        "listen" => Some(Effect::Pin("LISTEN")),
+        "load" => Some(Effect::Pin("LOAD")),
+        "declare" if t.windows(2).any(|w| w[0].is_word(sql, "with") && w[1].is_word(sql, "hold")) => {
+            Some(Effect::Pin("DECLARE ... WITH HOLD"))
+        }
+        "create" if (kw(1, "temp") || kw(1, "temporary")) || ((kw(1, "global") || kw(1, "local")) && (kw(2, "temp") || kw(2, "temporary"))) => {
+            Some(Effect::Pin("CREATE TEMP"))
+        }
+        _ => session_function_call(sql, t),
+    }
+}
+
+/// A call of a function whose effect outlives the transaction.
+fn session_function_call(sql: &str, t: &[Token]) -> Option<Effect> {
+    t.windows(2).find_map(|w| {
+        let is_call = w[1].kind == Kind::Punct(b'(');
+        let name = word(sql, Some(&w[0]))?;
+        (is_call && SESSION_FUNCTIONS.contains(&name.as_str())).then_some(Effect::Pin("session-level function call"))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fx(sql: &str) -> Vec<Effect> {
+        effects(sql, true)
+    }
+
+    #[test]
+    fn set_and_reset_of_unreported_parameters() {
+        assert_eq!(
+            fx("SET search_path TO app, public"),
+            vec![Effect::Set { name: "search_path".into(), sql: "app, public".into() }]
+        );
+        assert_eq!(
+            fx("set SESSION statement_timeout = '5s'"),
+            vec![Effect::Set { name: "statement_timeout".into(), sql: "'5s'".into() }]
+        );
+        assert_eq!(fx("SET my.custom = 1"), vec![Effect::Set { name: "my.custom".into(), sql: "1".into() }]);
+        assert_eq!(fx("SET work_mem TO DEFAULT"), vec![Effect::Reset { name: "work_mem".into() }]);
+        assert_eq!(fx("RESET search_path"), vec![Effect::Reset { name: "search_path".into() }]);
+        assert_eq!(fx("RESET ALL"), vec![Effect::ResetAll]);
+        assert_eq!(fx("SET SCHEMA 'x'"), vec![Effect::Set { name: "search_path".into(), sql: "'x'".into() }]);
+    }
+
+    #[test]
+    fn reported_local_and_transaction_settings_are_not_effects() {
+        assert!(fx("SET LOCAL search_path TO x").is_empty());
+        assert!(fx("SET TimeZone = 'UTC'").is_empty());
+        assert!(fx("SET TIME ZONE 'UTC'").is_empty());
+        assert!(fx("SET application_name = 'x'").is_empty());
+        assert!(fx("SET TRANSACTION READ ONLY").is_empty());
+        assert!(fx("SELECT 1").is_empty());
+    }
+
+    #[test]
+    fn jdbc_style_multi_statement() {
+        assert_eq!(
+            fx("BEGIN; SET extra_float_digits = 3; SELECT 'SET x = 1'"),
+            vec![Effect::Set { name: "extra_float_digits".into(), sql: "3".into() }]
+        );
+    }
+
+    #[test]
+    fn discard_and_deallocate() {
+        assert_eq!(fx("DISCARD ALL"), vec![Effect::DiscardAll]);
+        assert_eq!(fx("DEALLOCATE ALL"), vec![Effect::DeallocateAll]);
+        assert_eq!(fx("DEALLOCATE PREPARE ALL"), vec![Effect::DeallocateAll]);
+        assert_eq!(fx("deallocate \"S_1\""), vec![Effect::Deallocate { name: "S_1".into() }]);
+        assert!(fx("DISCARD PLANS").is_empty());
+    }
+
+    #[test]
+    fn untrackable_state_pins() {
+        for sql in [
+            "PREPARE p AS SELECT 1",
+            "LISTEN chan",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+            "CREATE TEMP TABLE t(x int)",
+            "CREATE GLOBAL TEMPORARY TABLE t(x int)",
+            "SELECT set_config('search_path', 'x', false)",
+            "SELECT pg_catalog.pg_advisory_lock(1)",
+            "SET ROLE other",
+            "SET SESSION AUTHORIZATION other",
+        ] {
+            assert!(matches!(fx(sql).as_slice(), [Effect::Pin(_)]), "{sql}");
+        }
+        assert!(fx("DECLARE c CURSOR FOR SELECT 1").is_empty());
+        assert!(fx("SELECT pg_advisory_xact_lock(1)").is_empty());
+        assert!(fx("SELECT 'set_config('").is_empty());
+    }
+
+    #[test]
+    fn precheck_catches_candidates() {
+        assert!(may_have_effects(b"SET x = 1"));
+        assert!(may_have_effects(b"select set_config('a','b',false)"));
+        assert!(!may_have_effects(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"));
+    }
+}
