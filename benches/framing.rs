@@ -4,7 +4,7 @@
 
 use bytes::{BufMut, BytesMut};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use pgsplit::client::tracker::SyncTracker;
+use pgsplit::client::tracker::Tracker;
 use pgsplit::wire::frame::peek_header;
 use std::hint::black_box;
 
@@ -18,7 +18,11 @@ fn message(buf: &mut BytesMut, tag: u8, body: &[u8]) {
 fn client_pipeline() -> BytesMut {
     let mut b = BytesMut::new();
     for _ in 0..100 {
-        message(&mut b, b'B', b"\0s1\0\0\x01\0\x01\0\x01\0\0\0\x04\0\0\0\x2a\0\x01\0\x01");
+        message(
+            &mut b,
+            b'B',
+            b"\0s1\0\0\x01\0\x01\0\x01\0\0\0\x04\0\0\0\x2a\0\x01\0\x01",
+        );
         message(&mut b, b'E', b"\0\0\0\0\0");
         message(&mut b, b'S', b"");
     }
@@ -28,7 +32,11 @@ fn client_pipeline() -> BytesMut {
 /// A result of 1000 small rows and its ReadyForQuery.
 fn server_result() -> BytesMut {
     let mut b = BytesMut::new();
-    message(&mut b, b'T', b"\0\x01id\0\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0");
+    message(
+        &mut b,
+        b'T',
+        b"\0\x01id\0\0\0\0\0\0\0\0\0\0\x17\0\x04\xff\xff\xff\xff\0\0",
+    );
     for i in 0..1000u32 {
         let mut row = vec![0, 1, 0, 0, 0, 4];
         row.extend_from_slice(&i.to_be_bytes());
@@ -46,11 +54,17 @@ fn bench(c: &mut Criterion) {
     group.bench_function("cut_300_messages_with_sync_tracking", |bench| {
         bench.iter(|| {
             let mut buf = pipeline.clone();
-            let mut tracker = SyncTracker::default();
+            let mut tracker = Tracker::default();
             let mut ready = 0;
             while let Ok(Some(h)) = peek_header(&buf[ready..], 1 << 26) {
-                tracker.client_message(h.tag);
+                tracker.client_message(h.tag, &buf[ready + 5..ready + h.total_len]);
                 ready += h.total_len;
+            }
+            // The server's answers, so the tracker does not grow.
+            for _ in 0..100 {
+                for tag in [b'2', b'D', b'C', b'Z'] {
+                    tracker.server_message(tag);
+                }
             }
             let batch = buf.split_to(ready).freeze();
             black_box((batch, tracker.is_idle()))

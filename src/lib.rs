@@ -10,6 +10,6 @@ pub mod config;
 pub mod demo;
 pub mod pool;
 pub mod proxy;
+pub mod route;
 pub mod topology;
 pub mod wire;
-pub mod route;

@@ -11,6 +11,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::auth::UserDirectory;
+use crate::client::statements::StatementRegistry;
 use crate::client::{login, session};
 use crate::config::Config;
 use crate::pool::cancel::CancelRegistry;
@@ -23,6 +24,7 @@ pub struct Shared {
     pub users: UserDirectory,
     pub pools: Arc<Pools>,
     pub cancels: CancelRegistry,
+    pub statements: StatementRegistry,
     pub topology: TopologyWatch,
     /// Clients connected right now (counted from accept to close).
     pub clients: AtomicUsize,
@@ -83,6 +85,7 @@ impl Proxy {
             config: Arc::new(config),
             pools: pools.clone(),
             cancels: CancelRegistry::default(),
+            statements: StatementRegistry::default(),
             topology: topology_rx,
             clients: AtomicUsize::new(0),
             next_client_id: AtomicU64::new(1),

@@ -22,13 +22,20 @@ fn write(name: &str, text: &str) -> String {
 fn check_accepts_the_shipped_local_config_and_masks_secrets() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/config/local.toml");
     let out = pgsplit(&["check", "--config", path], &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let shown = String::from_utf8_lossy(&out.stdout);
     assert!(shown.contains("pool_mode = \"transaction\""), "{shown}");
     assert!(shown.contains("****"));
     assert!(!shown.contains("app-secret"));
     // PGSPLIT_CONFIG works in place of --config, and env overrides apply.
-    let out = pgsplit(&["check"], &[("PGSPLIT_CONFIG", path), ("PGSPLIT_PROXY_POOL_SIZE", "7")]);
+    let out = pgsplit(
+        &["check"],
+        &[("PGSPLIT_CONFIG", path), ("PGSPLIT_PROXY_POOL_SIZE", "7")],
+    );
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains("pool_size = 7"));
 }

@@ -37,11 +37,18 @@ DROP TABLE psql_t;
     let through = run(&env.url());
     let direct = run(&env.leader_url());
     std::fs::remove_file(&path).unwrap();
-    assert_eq!(String::from_utf8_lossy(&through.stdout), String::from_utf8_lossy(&direct.stdout));
+    assert_eq!(
+        String::from_utf8_lossy(&through.stdout),
+        String::from_utf8_lossy(&direct.stdout)
+    );
     let errors = |o: &std::process::Output| {
         String::from_utf8_lossy(&o.stderr)
             .lines()
-            .map(|l| l.split_once("ERROR").map(|(_, e)| e.to_string()).unwrap_or_default())
+            .map(|l| {
+                l.split_once("ERROR")
+                    .map(|(_, e)| e.to_string())
+                    .unwrap_or_default()
+            })
             .collect::<Vec<_>>()
     };
     assert_eq!(errors(&through), errors(&direct));
@@ -56,7 +63,9 @@ fn pgbench(env: &TestEnv, args: &[&str], expected: u32) {
     let all: Vec<&str> = all.iter().map(String::as_str).collect();
     let out = stdout(&env.client_command("pgbench", &all));
     assert!(
-        out.contains(&format!("number of transactions actually processed: {expected}/{expected}")),
+        out.contains(&format!(
+            "number of transactions actually processed: {expected}/{expected}"
+        )),
         "{out}"
     );
     assert!(!out.contains("number of failed transactions: 1"), "{out}");
@@ -68,10 +77,24 @@ async fn pgbench_simple_extended_and_reconnecting() {
     // Initialisation through pgsplit too: COPY, VACUUM, DDL.
     let init = env.url();
     stdout(&env.client_command("pgbench", &["-i", "-s", "1", "-q", &init]));
-    pgbench(&env, &["-n", "-c", "6", "-j", "2", "-t", "50", "-M", "simple"], 300);
-    pgbench(&env, &["-n", "-c", "6", "-j", "2", "-t", "50", "-M", "extended"], 300);
+    pgbench(
+        &env,
+        &["-n", "-c", "6", "-j", "2", "-t", "50", "-M", "simple"],
+        300,
+    );
+    pgbench(
+        &env,
+        &["-n", "-c", "6", "-j", "2", "-t", "50", "-M", "extended"],
+        300,
+    );
     pgbench(&env, &["-n", "-c", "4", "-j", "2", "-t", "15", "-C"], 60);
-    pgbench(&env, &["-n", "-S", "-c", "6", "-j", "2", "-t", "100", "-M", "extended"], 600);
+    pgbench(
+        &env,
+        &[
+            "-n", "-S", "-c", "6", "-j", "2", "-t", "100", "-M", "extended",
+        ],
+        600,
+    );
     // TPC-B keeps balances and history consistent; check on the server.
     let history = env.leader_sql("SELECT count(*) FROM pgbench_history");
     assert_eq!(history, "660");

@@ -30,7 +30,10 @@ fn demo_serves_and_cleans_up_on_sigterm() {
                 url = Some(u.to_string());
             }
             if let Some(addr) = line.strip_prefix("leader   ") {
-                leader_port = addr.rsplit(':').next().and_then(|p| p.trim().parse::<u16>().ok());
+                leader_port = addr
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.trim().parse::<u16>().ok());
             }
         }
     }
@@ -40,10 +43,17 @@ fn demo_serves_and_cleans_up_on_sigterm() {
         .args([&url, "-Atc", "SELECT inet_server_port()"])
         .output()
         .expect("run psql");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), leader_port.to_string());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        leader_port.to_string()
+    );
 
     let pid = child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let mut status = None;
     let deadline = Instant::now() + Duration::from_secs(60);
     while status.is_none() && Instant::now() < deadline {
@@ -53,6 +63,14 @@ fn demo_serves_and_cleans_up_on_sigterm() {
     let status = status.expect("demo exits after SIGTERM");
     assert!(status.success(), "{status}");
     let lines: Vec<String> = rx.try_iter().collect();
-    assert!(lines.iter().any(|l| l.contains("cluster stopped and removed")), "{lines:?}");
-    assert!(std::net::TcpStream::connect(("127.0.0.1", leader_port)).is_err(), "leader stopped");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("cluster stopped and removed")),
+        "{lines:?}"
+    );
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", leader_port)).is_err(),
+        "leader stopped"
+    );
 }

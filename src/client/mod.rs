@@ -8,5 +8,7 @@ pub mod auth;
 pub mod login;
 pub mod outq;
 pub mod params;
+pub mod rewrite;
 pub mod session;
+pub mod statements;
 pub mod tracker;

@@ -1,10 +1,19 @@
-//! Session parameters a client asked for (startup packet, `options=-c ...`,
-//! and reported changes from its own SET), applied to whichever server it
-//! gets. In transaction mode a server that last served another client is
-//! brought to this client's values with one `set_config` round trip, and
-//! only when something differs.
+//! Session state a client asked for, carried to whichever server it gets.
+//!
+//! - Startup parameters (`application_name`, `DateStyle`, `options=-c ...`)
+//!   and changes the server reports in ParameterStatus (`SET TimeZone`,
+//!   including the undo of a rollback) are values, applied with
+//!   `set_config`.
+//! - Session-level `SET`/`RESET` of unreported parameters (`search_path`,
+//!   `statement_timeout`, custom GUCs) are recognised from the statement
+//!   text and replayed as `SET name TO <the client's SQL>`; they count once
+//!   their transaction commits and are forgotten if it rolls back.
+//! - A server that another client changed is brought back with `RESET` for
+//!   what this client never asked for. One round trip, only when something
+//!   differs.
 
 use crate::pool::server::{ServerConn, ServerError};
+use crate::route::session::Effect;
 use crate::wire::messages::ProxyError;
 use crate::wire::startup::split_options;
 
@@ -22,13 +31,39 @@ const FOLLOWED: &[&str] = &[
 /// Startup parameters that are not session settings.
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
-/// One client's wanted parameter values.
+/// How a parameter gets its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Value {
+    /// A plain value, applied with `set_config`.
+    Text(String),
+    /// The SQL after `SET name TO`, replayed as written.
+    Sql(String),
+}
+
+impl Value {
+    /// What a server's record of this parameter is compared with. SQL
+    /// values start with a NUL, which no real value contains.
+    fn fingerprint(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            Value::Text(v) => std::borrow::Cow::Borrowed(v),
+            Value::Sql(sql) => std::borrow::Cow::Owned(format!("\0{sql}")),
+        }
+    }
+}
+
+/// One client's wanted session state.
 #[derive(Debug, Default, Clone)]
 pub struct ClientParams {
-    values: Vec<(String, String)>,
+    values: Vec<(String, Value)>,
+    /// The startup values: what RESET ALL and DISCARD ALL return to.
+    startup: Vec<(String, String)>,
     /// Bumped on every change, so a server that carries this version for
     /// this client needs no comparison.
     version: u64,
+    /// SET/RESET effects of a transaction not yet committed.
+    pending: Vec<Effect>,
+    /// An error or rollback happened since the pending effects were sent.
+    pending_failed: bool,
 }
 
 impl ClientParams {
@@ -40,16 +75,16 @@ impl ClientParams {
                 let pairs = split_options(value)
                     .map_err(|e| ProxyError::fatal("08P01", format!("invalid options: {e}")))?;
                 for (n, v) in pairs {
-                    out.set(&n, &v)?;
+                    out.set_startup(&n, &v)?;
                 }
             } else if !NOT_SETTINGS.contains(&name.as_str()) && !name.starts_with("_pq_.") {
-                out.set(name, value)?;
+                out.set_startup(name, value)?;
             }
         }
         Ok(out)
     }
 
-    fn set(&mut self, name: &str, value: &str) -> Result<(), ProxyError> {
+    fn set_startup(&mut self, name: &str, value: &str) -> Result<(), ProxyError> {
         if name.is_empty()
             || !name
                 .bytes()
@@ -60,34 +95,61 @@ impl ClientParams {
                 format!("invalid parameter name \"{name}\" in startup packet"),
             ));
         }
+        self.set(name, Value::Text(value.to_string()));
+        match self
+            .startup
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            Some((_, v)) => *v = value.to_string(),
+            None => self.startup.push((name.to_string(), value.to_string())),
+        }
+        Ok(())
+    }
+
+    fn set(&mut self, name: &str, value: Value) {
         match self
             .values
             .iter_mut()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
         {
-            Some((_, v)) => *v = value.to_string(),
-            None => self.values.push((name.to_string(), value.to_string())),
+            Some((_, v)) if *v == value => return,
+            Some((_, v)) => *v = value,
+            None => self.values.push((name.to_string(), value)),
         }
         self.version += 1;
-        Ok(())
     }
 
-    /// The value the client wants for `name`, if it asked for one.
-    pub fn get(&self, name: &str) -> Option<&str> {
+    fn remove(&mut self, name: &str) {
+        let before = self.values.len();
+        self.values.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
+        if self.values.len() != before {
+            self.version += 1;
+        }
+    }
+
+    fn value(&self, name: &str) -> Option<&Value> {
         self.values
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+            .map(|(_, v)| v)
+    }
+
+    /// The plain value the client wants for `name`, if it asked for one.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        match self.value(name)? {
+            Value::Text(v) => Some(v),
+            Value::Sql(_) => None,
+        }
     }
 
     /// The server reported `name = value` while serving this client: the
     /// client changed it (SET, RESET, or a rollback undoing a SET).
     pub fn follow_report(&mut self, name: &str, value: &str) {
         let tracked =
-            self.get(name).is_some() || FOLLOWED.iter().any(|f| f.eq_ignore_ascii_case(name));
-        if tracked && self.get(name) != Some(value) {
-            // Names here come from a server report or were validated before.
-            let _ = self.set(name, value);
+            self.value(name).is_some() || FOLLOWED.iter().any(|f| f.eq_ignore_ascii_case(name));
+        if tracked {
+            self.set(name, Value::Text(value.to_string()));
         }
     }
 
@@ -102,6 +164,80 @@ impl ClientParams {
             .map(|(name, value)| (name.as_str(), self.get(name).unwrap_or(value)))
     }
 
+    /// Session effects of a statement the client sent; they count when its
+    /// transaction commits.
+    pub fn record_effects(&mut self, effects: impl IntoIterator<Item = Effect>) {
+        self.pending.extend(effects.into_iter().filter(|e| {
+            matches!(
+                e,
+                Effect::Set { .. } | Effect::Reset { .. } | Effect::ResetAll | Effect::DiscardAll
+            )
+        }));
+    }
+
+    /// Whether SET/RESET effects wait for their transaction's outcome.
+    pub fn has_pending(&self) -> bool {
+        !self.pending.is_empty()
+    }
+
+    /// The server reported an error or a ROLLBACK: pending effects die with
+    /// the transaction.
+    pub fn transaction_failed(&mut self) {
+        if !self.pending.is_empty() {
+            self.pending_failed = true;
+        }
+    }
+
+    /// ReadyForQuery with `status`: outside a transaction, pending effects
+    /// either took hold (and `server` now carries them) or were undone.
+    pub fn ready(&mut self, status: u8, server: &mut ServerConn) {
+        if status != b'I' || self.pending.is_empty() {
+            return;
+        }
+        let failed = std::mem::take(&mut self.pending_failed);
+        let effects = std::mem::take(&mut self.pending);
+        if failed {
+            return;
+        }
+        for effect in effects {
+            match effect {
+                Effect::Set { name, sql } => {
+                    let value = Value::Sql(sql);
+                    server.note_setting(&name, &value.fingerprint());
+                    self.set(&name, value);
+                }
+                Effect::Reset { name } => {
+                    server.forget_setting(&name);
+                    match self
+                        .startup
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case(&name))
+                        .cloned()
+                    {
+                        Some((n, v)) => self.set(&n, Value::Text(v)),
+                        None => self.remove(&name),
+                    }
+                }
+                Effect::ResetAll | Effect::DiscardAll => self.reset_all(server),
+                _ => {}
+            }
+        }
+        server.applied_for = None;
+    }
+
+    /// RESET ALL / DISCARD ALL: back to the startup values.
+    fn reset_all(&mut self, server: &mut ServerConn) {
+        let names: Vec<String> = server.settings().iter().map(|(n, _)| n.clone()).collect();
+        for name in names {
+            server.forget_setting(&name);
+        }
+        self.values.retain(|(_, v)| matches!(v, Value::Text(_)));
+        for (name, value) in self.startup.clone() {
+            self.set(&name, Value::Text(value));
+        }
+        self.version += 1;
+    }
+
     /// What must change on `server` for this client: parameters to set to
     /// the client's values, and parameters another client changed that
     /// this client never asked for, to RESET to their defaults.
@@ -109,17 +245,17 @@ impl ClientParams {
         let sets = (0..self.values.len())
             .filter(|&i| {
                 let (name, value) = &self.values[i];
-                server.current(name) != Some(value.as_str())
+                server.current(name) != Some(&*value.fingerprint())
             })
             .collect();
         let mut resets: Vec<String> = server
             .settings()
             .iter()
-            .filter(|(name, _)| self.get(name).is_none())
+            .filter(|(name, _)| self.value(name).is_none())
             .map(|(name, _)| name.clone())
             .collect();
         for name in FOLLOWED {
-            if self.get(name).is_none() && server.reported(name) != server.default_value(name) {
+            if self.value(name).is_none() && server.reported(name) != server.default_value(name) {
                 resets.push(name.to_string());
             }
         }
@@ -134,14 +270,27 @@ impl ClientParams {
             push_ident(&mut sql, name);
             sql.push_str("; ");
         }
-        for (i, &index) in sets.iter().enumerate() {
+        let mut first_text = true;
+        for &index in sets {
+            if let (name, Value::Sql(v)) = &self.values[index] {
+                sql.push_str("SET ");
+                push_ident(&mut sql, name);
+                sql.push_str(" TO ");
+                sql.push_str(v);
+                sql.push_str("; ");
+            }
+        }
+        for &index in sets {
             let (name, value) = &self.values[index];
-            sql.push_str(if i == 0 { "SELECT " } else { ", " });
-            sql.push_str("pg_catalog.set_config(");
-            push_literal(&mut sql, name);
-            sql.push_str(", ");
-            push_literal(&mut sql, value);
-            sql.push_str(", false)");
+            if let Value::Text(v) = value {
+                sql.push_str(if first_text { "SELECT " } else { ", " });
+                first_text = false;
+                sql.push_str("pg_catalog.set_config(");
+                push_literal(&mut sql, name);
+                sql.push_str(", ");
+                push_literal(&mut sql, v);
+                sql.push_str(", false)");
+            }
         }
         sql
     }
@@ -166,10 +315,12 @@ impl ClientParams {
             }
             for &index in &sets {
                 let (name, value) = &mut self.values[index];
-                match server.reported(name) {
-                    Some(reported) if reported != value => *value = reported.to_string(),
-                    Some(_) => {}
-                    None => server.note_setting(name, value),
+                match (server.reported(name), &*value) {
+                    (Some(reported), Value::Text(v)) if reported != v => {
+                        *value = Value::Text(reported.to_string())
+                    }
+                    (Some(_), _) => {}
+                    (None, _) => server.note_setting(name, &value.fingerprint()),
                 }
             }
         }
@@ -250,10 +401,15 @@ mod tests {
     }
 
     #[test]
-    fn identifiers_are_quoted_per_part() {
-        let mut s = String::new();
-        push_ident(&mut s, "my.setting");
-        assert_eq!(s, "\"my\".\"setting\"");
+    fn plan_sql_resets_sets_and_replays() {
+        let mut p = ClientParams::default();
+        p.set("search_path", Value::Sql("app, public".into()));
+        p.set("application_name", Value::Text("it's".into()));
+        let sql = p.plan_sql(&[0, 1], &["my.guc".to_string()]);
+        assert_eq!(
+            sql,
+            "RESET \"my\".\"guc\"; SET \"search_path\" TO app, public; SELECT pg_catalog.set_config(E'application_name', E'it''s', false)"
+        );
     }
 
     #[test]

@@ -14,7 +14,7 @@
 //! ReadyForQuery is flushed to the client. A client that leaves with a
 //! server in any other state has that server closed, never pooled.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -22,7 +22,8 @@ use tokio::net::TcpStream;
 
 use super::login::{checkout_error, server_error, LoggedIn};
 use super::outq::OutQueue;
-use super::tracker::SyncTracker;
+use super::statements::ClientStatements;
+use super::tracker::{Tracker, Verdict};
 use crate::config::PoolMode;
 use crate::pool::pools::{discard, PooledServer};
 use crate::proxy::Shared;
@@ -78,6 +79,13 @@ enum Flow {
     Terminate,
 }
 
+/// How a wait for a server connection ended.
+enum Acquired {
+    Server,
+    /// The client cancelled its request while it waited.
+    Cancelled,
+}
+
 enum Event {
     ClientRead(std::io::Result<usize>),
     ServerRead(std::io::Result<usize>),
@@ -85,20 +93,31 @@ enum Event {
     ServerWritten(std::io::Result<()>),
 }
 
-struct Session<'a> {
-    shared: &'a Shared,
-    login: LoggedIn,
-    mode: PoolMode,
+pub(super) struct Session<'a> {
+    pub(super) shared: &'a Shared,
+    pub(super) login: LoggedIn,
+    pub(super) mode: PoolMode,
     max_message: usize,
     client_rd: OwnedReadHalf,
     client_wr: OwnedWriteHalf,
     client_in: BytesMut,
-    to_client: OutQueue,
-    to_server: OutQueue,
-    server: Option<PooledServer>,
+    pub(super) to_client: OutQueue,
+    pub(super) to_server: OutQueue,
+    pub(super) server: Option<PooledServer>,
     /// Bytes of a server message still to pass through unexamined.
     server_passthrough: usize,
-    tracker: SyncTracker,
+    pub(super) tracker: Tracker,
+    /// The client's prepared statement names (transaction mode).
+    pub(super) statements: ClientStatements,
+    /// The client keeps its server: it has session state pgsplit cannot
+    /// carry to another server (SQL PREPARE, LISTEN, WITH HOLD cursors,
+    /// temp tables, session advisory locks, set_config).
+    pub(super) pinned: bool,
+    /// After an error pgsplit made up, client messages are skipped up to
+    /// the next Sync, as PostgreSQL does.
+    pub(super) skip_to_sync: bool,
+    /// Room for messages pgsplit rewrites.
+    pub(super) scratch: BytesMut,
 }
 
 /// Serves a logged-in client until it leaves, then cleans up.
@@ -118,7 +137,11 @@ pub async fn run(stream: TcpStream, pending: BytesMut, login: LoggedIn, shared: 
         to_server: OutQueue::default(),
         server,
         server_passthrough: 0,
-        tracker: SyncTracker::default(),
+        tracker: Tracker::default(),
+        statements: ClientStatements::default(),
+        pinned: false,
+        skip_to_sync: false,
+        scratch: BytesMut::new(),
     };
     let reason = session.serve().await;
     session.finish(reason).await;
@@ -208,6 +231,7 @@ impl Session<'_> {
 
     /// Cuts whole client messages off the buffer and queues them for the
     /// server, checking out a server first when the client holds none.
+    /// Messages that need no rewriting are forwarded as one contiguous run.
     async fn on_client_data(&mut self) -> Result<Flow, CloseReason> {
         let mut ready = 0;
         loop {
@@ -236,30 +260,94 @@ impl Session<'_> {
                 self.farewell(ProxyError::fatal("08P01", message)).await;
                 return Err(CloseReason::ProtocolViolation);
             }
+            if self.skip_to_sync {
+                if header.tag != b'S' || self.server.is_none() {
+                    self.queue_client_messages(ready);
+                    ready = 0;
+                    let _ = self.client_in.split_to(header.total_len);
+                    if header.tag == b'S' {
+                        // No server ever saw this request: answer the Sync.
+                        self.skip_to_sync = false;
+                        self.to_client.push(Bytes::from_static(b"Z\0\0\0\x05I"));
+                    }
+                    continue;
+                }
+                self.skip_to_sync = false;
+            }
             if self.server.is_none() {
                 // A server is held while earlier messages of this batch are
                 // queued, so `ready` is 0 here.
-                self.acquire_server().await?;
+                if let Acquired::Cancelled = self.acquire_server().await? {
+                    self.cancelled_while_waiting(header.tag);
+                    continue;
+                }
             }
-            self.tracker.client_message(header.tag);
-            ready += header.total_len;
+            // Lend the buffer out so the body can be read while the
+            // session notes what it says.
+            let input = std::mem::take(&mut self.client_in);
+            let body = &input[ready + HEADER_LEN..ready + header.total_len];
+            let rewrite = self.needs_rewrite(header.tag, body);
+            if !rewrite {
+                self.tracker.client_message(header.tag, body);
+            }
+            self.client_in = input;
+            if rewrite {
+                self.queue_client_messages(ready);
+                ready = 0;
+                let message = self.client_in.split_to(header.total_len).freeze();
+                self.rewrite(header, message);
+            } else {
+                ready += header.total_len;
+            }
+            self.emit_due();
         }
         self.queue_client_messages(ready);
         Ok(Flow::Continue)
     }
 
-    fn queue_client_messages(&mut self, len: usize) {
+    pub(super) fn queue_client_messages(&mut self, len: usize) {
         if len > 0 {
             self.to_server.push(self.client_in.split_to(len).freeze());
         }
     }
 
+    /// The client cancelled while waiting for a server: its request fails
+    /// with 57014 as a cancelled statement would, and the rest of it up to
+    /// Sync is skipped.
+    fn cancelled_while_waiting(&mut self, tag: u8) {
+        let error = ProxyError::error(
+            "57014",
+            "canceling statement due to user request (while waiting for a server connection)",
+        );
+        self.to_client.push(error.to_bytes());
+        if tag == b'Q' {
+            let header = peek_header(&self.client_in, usize::MAX).ok().flatten();
+            if let Some(h) = header {
+                let _ = self.client_in.split_to(h.total_len);
+            }
+            self.to_client.push(Bytes::from_static(b"Z\0\0\0\x05I"));
+        } else {
+            self.skip_to_sync = true;
+        }
+    }
+
     /// Takes a server from the pool and brings it to this client's
-    /// session parameters.
-    async fn acquire_server(&mut self) -> Result<(), CloseReason> {
-        let mut server = match self.shared.pools.checkout(&self.login.pool).await {
-            Ok(s) => s,
-            Err(e) => {
+    /// session parameters. A cancel from the client ends the wait.
+    async fn acquire_server(&mut self) -> Result<Acquired, CloseReason> {
+        self.login.cancel.begin_wait();
+        let checkout = tokio::select! {
+            r = self.shared.pools.checkout(&self.login.pool) => Some(r),
+            _ = self.login.cancel.cancelled() => None,
+        };
+        let cancelled = self.login.cancel.end_wait();
+        let mut server = match checkout {
+            None => return Ok(Acquired::Cancelled),
+            Some(Ok(s)) if cancelled => {
+                drop(s);
+                return Ok(Acquired::Cancelled);
+            }
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
                 self.farewell(checkout_error(e)).await;
                 return Err(CloseReason::NoServer);
             }
@@ -276,11 +364,13 @@ impl Session<'_> {
         }
         self.login.cancel.hold(server.cancel_target());
         self.server = Some(server);
-        Ok(())
+        Ok(Acquired::Server)
     }
 
     /// Queues what the server sent for the client, noting what must be
-    /// noted. Returns whether the server can go back to the pool now.
+    /// noted, dropping answers to messages pgsplit slipped in and emitting
+    /// answers pgsplit made up. Returns whether the server can go back to
+    /// the pool now.
     fn on_server_data(&mut self) -> Result<bool, &'static str> {
         let Some(server) = self.server.as_deref_mut() else {
             return Ok(false);
@@ -303,7 +393,8 @@ impl Session<'_> {
                 Err(_) => return Err("server sent an invalid message length"),
             };
             let available = server.rbuf.len() - off;
-            if !matches!(header.tag, b'Z' | b'S' | b'G' | b'E') {
+            if matches!(header.tag, b'D' | b'd') {
+                // Rows and copy data: the bulk of the traffic, never examined.
                 if available >= header.total_len {
                     off += header.total_len;
                 } else {
@@ -320,22 +411,45 @@ impl Session<'_> {
             }
             let body = &server.rbuf[off + HEADER_LEN..off + header.total_len];
             match header.tag {
-                b'Z' => {
-                    server.status = body.first().copied().unwrap_or(b'I');
-                    self.tracker.server_ready();
-                }
+                b'Z' => server.status = body.first().copied().unwrap_or(b'I'),
                 b'S' => {
                     if let Some((name, value)) = parameter_status(body) {
                         server.set_param(&name, &value);
                         self.login.params.follow_report(&name, &value);
                     }
                 }
-                b'G' => self.tracker.server_copy_in(),
-                _ => self.tracker.server_error(),
+                b'E' => self.login.params.transaction_failed(),
+                b'C' if self.login.params.has_pending() && body.starts_with(b"ROLLBACK") => {
+                    self.login.params.transaction_failed()
+                }
+                _ => {}
             }
-            off += header.total_len;
+            let verdict = self.tracker.server_message(header.tag);
+            if verdict == Verdict::Drop {
+                if off > 0 {
+                    self.to_client.push(server.rbuf.split_to(off).freeze());
+                    off = 0;
+                }
+                let _ = server.rbuf.split_to(header.total_len);
+            } else {
+                off += header.total_len;
+            }
+            if header.tag == b'Z' {
+                self.login.params.ready(server.status, server);
+            }
+            if let Some(due) = self.tracker.take_due() {
+                if off > 0 {
+                    self.to_client.push(server.rbuf.split_to(off).freeze());
+                    off = 0;
+                }
+                self.to_client.push(due.encode(server.status));
+                while let Some(due) = self.tracker.take_due() {
+                    self.to_client.push(due.encode(server.status));
+                }
+            }
             if header.tag == b'Z'
                 && self.mode == PoolMode::Transaction
+                && !self.pinned
                 && server.status == b'I'
                 && off == server.rbuf.len()
                 && self.to_server.is_empty()
@@ -348,7 +462,20 @@ impl Session<'_> {
         if off > 0 {
             self.to_client.push(server.rbuf.split_to(off).freeze());
         }
+        if self.tracker.has_failed_statements() {
+            for id in self.tracker.take_failed_statements() {
+                server.prepared.forget(id);
+            }
+        }
         Ok(release)
+    }
+
+    /// Queues answers pgsplit made up that are now due.
+    pub(super) fn emit_due(&mut self) {
+        let status = self.server.as_ref().map_or(b'I', |s| s.status);
+        while let Some(due) = self.tracker.take_due() {
+            self.to_client.push(due.encode(status));
+        }
     }
 
     /// Gives the server back to the pool, after any cancel aimed at it has

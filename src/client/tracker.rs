@@ -1,201 +1,312 @@
-//! What a server still owes its client, so that in transaction mode the
-//! server goes back to the pool exactly when it is idle and in sync.
+//! What a server still owes its client, message by message, so that
 //!
-//! Every Sync, Query and FunctionCall is answered by one ReadyForQuery,
-//! except that a server in COPY FROM STDIN consumes and ignores Sync and
-//! Flush until CopyDone/CopyFail. Extended-protocol messages sent without a
-//! Sync yet (a Flush-driven pipeline, as asyncpg and pgx send) keep the
-//! server busy too.
+//! - in transaction mode the server goes back to the pool exactly when it is
+//!   idle and in sync;
+//! - answers pgsplit makes up itself (a ParseComplete for a statement the
+//!   server already has, a CloseComplete, an error PostgreSQL would have
+//!   given) reach the client in the right place in the stream;
+//! - answers to messages pgsplit slipped in (a Parse before a Bind on a
+//!   server that lacks the statement) never reach the client.
+//!
+//! Every forwarded message is a unit that the server's messages complete in
+//! order. After an ErrorResponse the server skips to the next Sync, so the
+//! units up to that Sync are dropped unanswered. A server in COPY FROM
+//! STDIN consumes and ignores Sync and Flush until CopyDone/CopyFail.
 
+use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
 
-/// One thing forwarded to the server that shapes its answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    /// Sync: answered by ReadyForQuery.
+/// A response pgsplit makes up for the client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Synthetic {
+    ParseComplete,
+    CloseComplete,
+    /// A whole ErrorResponse message.
+    Error(Bytes),
+    /// CommandComplete with this tag, then ReadyForQuery.
+    CommandAndReady(&'static str),
+}
+
+impl Synthetic {
+    /// The bytes for the client; `status` is the transaction status to
+    /// report in a ReadyForQuery.
+    pub fn encode(&self, status: u8) -> Bytes {
+        let mut b = BytesMut::with_capacity(32);
+        match self {
+            Synthetic::ParseComplete => b.put_slice(b"1\0\0\0\x04"),
+            Synthetic::CloseComplete => b.put_slice(b"3\0\0\0\x04"),
+            Synthetic::Error(e) => return e.clone(),
+            Synthetic::CommandAndReady(tag) => {
+                b.put_u8(b'C');
+                b.put_i32(tag.len() as i32 + 5);
+                b.put_slice(tag.as_bytes());
+                b.put_u8(0);
+                b.put_slice(b"Z\0\0\0\x05");
+                b.put_u8(status);
+            }
+        }
+        b.freeze()
+    }
+}
+
+/// One forwarded message (or a made-up answer) awaiting its response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Unit {
+    /// Parse; `visible` false for a Parse pgsplit slipped in; `statement`
+    /// is the pooled statement id it creates on the server.
+    Parse {
+        visible: bool,
+        statement: Option<u64>,
+    },
+    Bind,
+    /// Describe of a statement ('t' then 'T'/'n') or portal ('T'/'n').
+    Describe {
+        statement: bool,
+        saw_parameters: bool,
+    },
+    Execute,
+    Close {
+        visible: bool,
+    },
     Sync,
-    /// Query or FunctionCall: answered by ReadyForQuery.
+    /// Query or FunctionCall: everything up to ReadyForQuery.
     Query,
     /// CopyDone/CopyFail sent before the server said CopyInResponse.
     CopyEnd,
+    Synthetic(Synthetic),
+}
+
+/// What to do with one server message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Forward,
+    /// An answer to a message pgsplit slipped in: the client must not see it.
+    Drop,
 }
 
 /// Tracks the messages in flight between one client and its server.
 #[derive(Debug, Default)]
-pub struct SyncTracker {
-    pending: VecDeque<Expect>,
+pub struct Tracker {
+    units: VecDeque<Unit>,
     /// The server is in COPY FROM STDIN and will ignore Sync.
     copy_in: bool,
     /// Extended-protocol messages were sent since the last Sync.
     unsynced: bool,
+    /// Pooled statements whose Parse failed or was skipped: the server does
+    /// not have them after all.
+    failed_statements: Vec<u64>,
 }
 
-impl SyncTracker {
-    /// A client message with type `tag` is being forwarded to the server.
-    pub fn client_message(&mut self, tag: u8) {
+impl Tracker {
+    /// A client message with type `tag` is being forwarded unchanged;
+    /// `body` is what follows its length field.
+    pub fn client_message(&mut self, tag: u8, body: &[u8]) {
         match tag {
             b'S' => {
                 if !self.copy_in {
-                    self.pending.push_back(Expect::Sync);
+                    self.units.push_back(Unit::Sync);
                     self.unsynced = false;
                 }
             }
-            b'Q' | b'F' => self.pending.push_back(Expect::Query),
+            b'Q' | b'F' => self.units.push_back(Unit::Query),
             b'c' | b'f' => {
                 if self.copy_in {
                     self.copy_in = false;
                 } else {
-                    self.pending.push_back(Expect::CopyEnd);
+                    self.units.push_back(Unit::CopyEnd);
                 }
             }
             b'H' | b'd' => {}
+            b'P' => self.parse(true, None),
+            b'B' => self.push(Unit::Bind),
+            b'E' => self.push(Unit::Execute),
+            b'C' => self.close(true),
+            b'D' => self.describe(body.first() == Some(&b'S')),
             _ => self.unsynced = true,
         }
     }
 
-    /// The server sent CopyInResponse: Syncs sent after the command that
-    /// started the copy and before its CopyDone/CopyFail will be ignored.
-    /// In the extended protocol that leaves the Execute unsynced until a
-    /// Sync after the CopyDone arrives.
-    pub fn server_copy_in(&mut self) {
-        let end = self.pending.iter().position(|e| *e == Expect::CopyEnd);
-        let upto = end.unwrap_or(self.pending.len());
-        let mut kept = VecDeque::with_capacity(self.pending.len());
-        let mut voided_sync = false;
-        let mut sync_after_end = false;
-        for (i, e) in self.pending.drain(..).enumerate() {
-            if i < upto && e == Expect::Sync {
-                voided_sync = true;
-            } else if Some(i) != end {
-                sync_after_end |= end.is_some_and(|end| i > end) && e == Expect::Sync;
-                kept.push_back(e);
+    fn push(&mut self, unit: Unit) {
+        self.units.push_back(unit);
+        self.unsynced = true;
+    }
+
+    /// A Parse is forwarded (possibly renamed, possibly slipped in).
+    pub fn parse(&mut self, visible: bool, statement: Option<u64>) {
+        self.push(Unit::Parse { visible, statement });
+    }
+
+    /// A Describe is forwarded: of a statement or of a portal.
+    pub fn describe(&mut self, statement: bool) {
+        self.push(Unit::Describe {
+            statement,
+            saw_parameters: false,
+        });
+    }
+
+    /// A Close is forwarded (`visible` false when pgsplit evicts a
+    /// statement on its own).
+    pub fn close(&mut self, visible: bool) {
+        self.push(Unit::Close { visible });
+    }
+
+    /// An answer pgsplit makes up goes here in the stream.
+    pub fn synthetic(&mut self, s: Synthetic) {
+        self.units.push_back(Unit::Synthetic(s));
+    }
+
+    /// Made-up answers now due (nothing the server owes precedes them).
+    pub fn take_due(&mut self) -> Option<Synthetic> {
+        match self.units.front() {
+            Some(Unit::Synthetic(_)) => match self.units.pop_front() {
+                Some(Unit::Synthetic(s)) => Some(s),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
+    /// Statements the server turned out not to have; drain after each batch.
+    pub fn take_failed_statements(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.failed_statements)
+    }
+
+    /// Whether any statement failed since the last `take_failed_statements`.
+    pub fn has_failed_statements(&self) -> bool {
+        !self.failed_statements.is_empty()
+    }
+
+    /// The unit the next server message belongs to (made-up answers are
+    /// emitted before, so they are never in front here).
+    fn front(&mut self) -> Option<&mut Unit> {
+        self.units.iter_mut().find(|u| **u != Unit::CopyEnd)
+    }
+
+    fn complete_front(&mut self) -> Option<Unit> {
+        while self.units.front() == Some(&Unit::CopyEnd) {
+            self.units.pop_front();
+        }
+        self.units.pop_front()
+    }
+
+    /// One server message of type `tag` arrived; says whether the client
+    /// sees it.
+    pub fn server_message(&mut self, tag: u8) -> Verdict {
+        match tag {
+            // Asynchronous: any time, owned by no unit.
+            b'N' | b'A' | b'S' => return Verdict::Forward,
+            b'E' => return self.server_error(),
+            b'G' => {
+                self.server_copy_in();
+                return Verdict::Forward;
+            }
+            b'Z' => {
+                self.copy_in = false;
+                self.complete_front();
+                return Verdict::Forward;
+            }
+            _ => {}
+        }
+        let Some(front) = self.front() else {
+            return Verdict::Forward;
+        };
+        let (done, verdict) = match (front, tag) {
+            (Unit::Parse { visible, .. }, b'1') => (true, visible_verdict(*visible)),
+            (Unit::Bind, b'2') => (true, Verdict::Forward),
+            (Unit::Close { visible }, b'3') => (true, visible_verdict(*visible)),
+            (
+                Unit::Describe {
+                    statement: true,
+                    saw_parameters,
+                },
+                b't',
+            ) => {
+                *saw_parameters = true;
+                (false, Verdict::Forward)
+            }
+            (Unit::Describe { .. }, b'T' | b'n') => (true, Verdict::Forward),
+            (Unit::Execute, b'C' | b's' | b'I') => (true, Verdict::Forward),
+            _ => (false, Verdict::Forward),
+        };
+        if done {
+            self.complete_front();
+        }
+        verdict
+    }
+
+    /// ErrorResponse: in a simple Query it is part of the answer; in the
+    /// extended protocol it ends the current unit and the server skips to
+    /// the next Sync, leaving the units before it unanswered.
+    fn server_error(&mut self) -> Verdict {
+        self.copy_in = false;
+        if matches!(self.front(), Some(Unit::Query) | None) {
+            return Verdict::Forward;
+        }
+        while let Some(unit) = self.units.front() {
+            if *unit == Unit::Sync || *unit == Unit::Query {
+                break;
+            }
+            if let Some(Unit::Parse {
+                statement: Some(id),
+                ..
+            }) = self.units.pop_front()
+            {
+                self.failed_statements.push(id);
             }
         }
-        self.pending = kept;
+        Verdict::Forward
+    }
+
+    /// CopyInResponse: Syncs sent after the command that started the copy
+    /// and before its CopyDone/CopyFail will be ignored. In the extended
+    /// protocol the Execute then waits for a Sync after the CopyDone.
+    fn server_copy_in(&mut self) {
+        let Some(owner) = self.units.iter().position(|u| *u != Unit::CopyEnd) else {
+            return;
+        };
+        let is_query = self.units[owner] == Unit::Query;
+        let end = self
+            .units
+            .iter()
+            .skip(owner + 1)
+            .position(|u| *u == Unit::CopyEnd)
+            .map(|p| p + owner + 1);
+        let upto = end.unwrap_or(self.units.len());
+        let mut kept = VecDeque::with_capacity(self.units.len());
+        let mut sync_after_end = false;
+        for (i, u) in self.units.drain(..).enumerate() {
+            let voided = i > owner && i < upto && u == Unit::Sync;
+            if voided || Some(i) == end {
+                continue;
+            }
+            sync_after_end |= end.is_some_and(|end| i > end) && u == Unit::Sync;
+            kept.push_back(u);
+        }
+        self.units = kept;
         self.copy_in = end.is_none();
-        if voided_sync && !sync_after_end {
+        if !is_query && !sync_after_end {
             self.unsynced = true;
         }
-    }
-
-    /// The server sent ErrorResponse; it leaves copy-in mode if it was in it.
-    pub fn server_error(&mut self) {
-        self.copy_in = false;
-    }
-
-    /// The server sent ReadyForQuery.
-    pub fn server_ready(&mut self) {
-        while self.pending.front() == Some(&Expect::CopyEnd) {
-            self.pending.pop_front();
-        }
-        self.pending.pop_front();
     }
 
     /// Nothing is owed and nothing is half-sent: the server is in sync.
     /// A CopyDone/CopyFail with no command before it is stale (its copy
     /// already failed) and is forgotten here.
     pub fn is_idle(&mut self) -> bool {
-        if self.pending.iter().all(|e| *e == Expect::CopyEnd) {
-            self.pending.clear();
+        if self.units.iter().all(|u| *u == Unit::CopyEnd) {
+            self.units.clear();
         }
-        self.pending.is_empty() && !self.unsynced && !self.copy_in
+        self.units.is_empty() && !self.unsynced && !self.copy_in
+    }
+}
+
+fn visible_verdict(visible: bool) -> Verdict {
+    if visible {
+        Verdict::Forward
+    } else {
+        Verdict::Drop
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn send(t: &mut SyncTracker, tags: &[u8]) {
-        for &tag in tags {
-            t.client_message(tag);
-        }
-    }
-
-    #[test]
-    fn simple_query() {
-        let mut t = SyncTracker::default();
-        send(&mut t, b"Q");
-        assert!(!t.is_idle());
-        t.server_ready();
-        assert!(t.is_idle());
-    }
-
-    #[test]
-    fn pipeline_with_several_syncs() {
-        let mut t = SyncTracker::default();
-        send(&mut t, b"PBDESBES");
-        t.server_ready();
-        assert!(!t.is_idle());
-        t.server_ready();
-        assert!(t.is_idle());
-    }
-
-    #[test]
-    fn flush_without_sync_keeps_server() {
-        let mut t = SyncTracker::default();
-        send(&mut t, b"PBEH");
-        assert!(!t.is_idle());
-        send(&mut t, b"S");
-        t.server_ready();
-        assert!(t.is_idle());
-    }
-
-    #[test]
-    fn extended_copy_in_ignores_sync_sent_with_execute() {
-        // tokio-postgres: Bind, Execute, Sync, then data, CopyDone, Sync.
-        let mut t = SyncTracker::default();
-        send(&mut t, b"BES");
-        t.server_copy_in();
-        send(&mut t, b"ddc");
-        assert!(!t.is_idle());
-        send(&mut t, b"S");
-        t.server_ready();
-        assert!(t.is_idle());
-    }
-
-    #[test]
-    fn extended_copy_in_all_pipelined_before_server_answers() {
-        let mut t = SyncTracker::default();
-        send(&mut t, b"BESdcS");
-        t.server_copy_in();
-        t.server_ready();
-        assert!(t.is_idle());
-    }
-
-    #[test]
-    fn simple_copy_in() {
-        let mut t = SyncTracker::default();
-        send(&mut t, b"Q");
-        t.server_copy_in();
-        send(&mut t, b"ddc");
-        t.server_ready();
-        assert!(t.is_idle());
-    }
-
-    #[test]
-    fn copy_in_error_leaves_copy_mode() {
-        let mut t = SyncTracker::default();
-        send(&mut t, b"Q");
-        t.server_copy_in();
-        send(&mut t, b"d");
-        t.server_error();
-        t.server_ready();
-        send(&mut t, b"dc");
-        assert!(t.is_idle(), "a stale CopyDone owes no ReadyForQuery");
-        send(&mut t, b"Q");
-        t.server_ready();
-        assert!(t.is_idle());
-    }
-
-    #[test]
-    fn previous_sync_answered_before_copy() {
-        let mut t = SyncTracker::default();
-        send(&mut t, b"PBESBES");
-        t.server_ready();
-        t.server_copy_in();
-        send(&mut t, b"cS");
-        t.server_ready();
-        assert!(t.is_idle());
-    }
-}
+mod tests;

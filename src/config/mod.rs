@@ -72,6 +72,9 @@ pub struct ProxyConfig {
     pub auth_type: AuthType,
     /// Run on a server before another client gets it in session mode.
     pub server_reset_query: String,
+    /// Pooled prepared statements kept per server connection (transaction
+    /// mode); beyond it the least recently used is closed.
+    pub max_prepared_statements: u32,
 }
 
 impl Default for ProxyConfig {
@@ -91,6 +94,7 @@ impl Default for ProxyConfig {
             max_message_size: ByteSize(64 << 20),
             auth_type: AuthType::ScramSha256,
             server_reset_query: "DISCARD ALL".into(),
+            max_prepared_statements: 250,
         }
     }
 }
@@ -239,6 +243,12 @@ impl Config {
             return Err((
                 "proxy.max_message_size".into(),
                 "must be between 1kB and 1GB".into(),
+            ));
+        }
+        if p.max_prepared_statements == 0 {
+            return Err((
+                "proxy.max_prepared_statements".into(),
+                "must be at least 1".into(),
             ));
         }
         if p.query_wait_timeout.0.is_zero() {

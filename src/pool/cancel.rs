@@ -24,6 +24,10 @@ const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 struct SlotState {
     target: Option<CancelTarget>,
     in_flight: u32,
+    /// The client waits for a server connection.
+    waiting: bool,
+    /// A cancel arrived while it waited.
+    cancel_requested: bool,
 }
 
 /// The cancel state of one client session.
@@ -59,12 +63,44 @@ impl CancelSlot {
         }
     }
 
-    /// Delivers a cancel to the server the client holds, if any. Returns
-    /// whether one was sent.
+    /// The client starts waiting for a server connection: a cancel now
+    /// ends the wait instead of going to a server.
+    pub fn begin_wait(&self) {
+        let mut state = self.lock();
+        state.waiting = true;
+        state.cancel_requested = false;
+    }
+
+    /// The wait is over; returns whether a cancel arrived during it.
+    pub fn end_wait(&self) -> bool {
+        let mut state = self.lock();
+        state.waiting = false;
+        std::mem::take(&mut state.cancel_requested)
+    }
+
+    /// Resolves once a cancel arrives during the wait.
+    pub async fn cancelled(&self) {
+        loop {
+            let notified = self.delivered.notified();
+            if self.lock().cancel_requested {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Delivers a cancel to the server the client holds, or ends its wait
+    /// for one. Returns whether there was anything to cancel.
     pub async fn cancel(&self) -> bool {
         let target = {
             let mut state = self.lock();
             let Some(t) = state.target.clone() else {
+                if state.waiting {
+                    state.cancel_requested = true;
+                    drop(state);
+                    self.delivered.notify_waiters();
+                    return true;
+                }
                 return false;
             };
             state.in_flight += 1;
@@ -156,6 +192,23 @@ mod tests {
     async fn cancel_without_server_does_nothing() {
         let slot = CancelSlot::default();
         assert!(!slot.cancel().await);
+    }
+
+    #[tokio::test]
+    async fn cancel_ends_a_wait_for_a_server() {
+        let slot = Arc::new(CancelSlot::default());
+        slot.begin_wait();
+        let waiter = tokio::spawn({
+            let slot = slot.clone();
+            async move { slot.cancelled().await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(slot.cancel().await);
+        waiter.await.unwrap();
+        assert!(slot.end_wait());
+        // Not waiting any more: nothing to cancel.
+        assert!(!slot.cancel().await);
+        assert!(!slot.end_wait());
     }
 
     #[tokio::test]

@@ -76,6 +76,67 @@ impl CancelTarget {
     }
 }
 
+/// The pooled statements a server connection has prepared, bounded: when
+/// full, the least recently used one is evicted (and closed on the server).
+#[derive(Debug, Default)]
+pub struct Prepared {
+    last_used: std::collections::HashMap<u64, u64>,
+    tick: u64,
+}
+
+impl Prepared {
+    /// Whether the server has statement `id`; marks it used.
+    pub fn touch(&mut self, id: u64) -> bool {
+        self.tick += 1;
+        match self.last_used.get_mut(&id) {
+            Some(t) => {
+                *t = self.tick;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Records `id` as prepared; returns the id evicted to make room, if
+    /// `capacity` was reached.
+    pub fn insert(&mut self, id: u64, capacity: usize) -> Option<u64> {
+        self.tick += 1;
+        let evicted = if self.last_used.len() >= capacity.max(1) {
+            let oldest = self
+                .last_used
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(id, _)| *id);
+            if let Some(old) = oldest {
+                self.last_used.remove(&old);
+            }
+            oldest
+        } else {
+            None
+        };
+        self.last_used.insert(id, self.tick);
+        evicted
+    }
+
+    /// The server does not have `id` after all (its Parse failed).
+    pub fn forget(&mut self, id: u64) {
+        self.last_used.remove(&id);
+    }
+
+    /// DEALLOCATE ALL / DISCARD ALL ran on the server.
+    pub fn clear(&mut self) {
+        self.last_used.clear();
+    }
+
+    pub fn len(&self) -> usize {
+        self.last_used.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.last_used.is_empty()
+    }
+}
+
 /// An authenticated server connection, idle or in use by one client.
 pub struct ServerConn {
     pub rd: OwnedReadHalf,
@@ -99,6 +160,10 @@ pub struct ServerConn {
     /// (client id, parameter version) whose settings this server carries, so
     /// a client getting back its own server skips the comparison.
     pub applied_for: Option<(u64, u64)>,
+    /// Pooled statements prepared on this server.
+    pub prepared: Prepared,
+    /// (client id, sequence) of the unnamed statement the server holds.
+    pub unnamed_owner: Option<(u64, u64)>,
     pub created: Instant,
 }
 
@@ -131,6 +196,8 @@ impl ServerConn {
             status: b'I',
             broken: false,
             applied_for: None,
+            prepared: Prepared::default(),
+            unnamed_owner: None,
             created: Instant::now(),
         };
         let mut out = BytesMut::new();
@@ -297,6 +364,8 @@ impl ServerConn {
     /// Runs a simple-protocol statement of pgsplit's own and discards its
     /// results (ParameterStatus changes are recorded).
     pub async fn run_simple(&mut self, sql: &str) -> Result<(), ServerError> {
+        // A simple Query destroys the unnamed statement.
+        self.unnamed_owner = None;
         let mut out = BytesMut::with_capacity(sql.len() + 8);
         frontend::query(sql, &mut out).map_err(|e| self.io(e))?;
         self.send(&out).await?;
@@ -351,6 +420,10 @@ impl ServerConn {
         self.run_simple(query).await?;
         self.settings.clear();
         self.applied_for = None;
+        let lower = query.to_ascii_lowercase();
+        if lower.contains("discard all") || lower.contains("deallocate") {
+            self.prepared.clear();
+        }
         Ok(())
     }
 
@@ -401,4 +474,21 @@ fn fallible_next<I: fallible_iterator::FallibleIterator>(
     it: &mut I,
 ) -> Result<Option<I::Item>, I::Error> {
     it.next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepared_set_evicts_least_recently_used() {
+        let mut p = Prepared::default();
+        assert_eq!(p.insert(1, 2), None);
+        assert_eq!(p.insert(2, 2), None);
+        assert!(p.touch(1));
+        assert_eq!(p.insert(3, 2), Some(2));
+        assert!(p.touch(1) && p.touch(3) && !p.touch(2));
+        p.forget(1);
+        assert_eq!(p.len(), 1);
+    }
 }

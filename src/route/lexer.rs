@@ -134,10 +134,17 @@ impl<'a> Lexer<'a> {
     fn try_dollar_quote(&mut self) -> bool {
         let start = self.pos;
         let mut end = start + 1;
-        while end < self.src.len() && (self.src[end].is_ascii_alphanumeric() || self.src[end] == b'_' || self.src[end] >= 0x80) {
+        while end < self.src.len()
+            && (self.src[end].is_ascii_alphanumeric()
+                || self.src[end] == b'_'
+                || self.src[end] >= 0x80)
+        {
             end += 1;
         }
-        if end >= self.src.len() || self.src[end] != b'$' || self.src.get(start + 1).is_some_and(u8::is_ascii_digit) {
+        if end >= self.src.len()
+            || self.src[end] != b'$'
+            || self.src.get(start + 1).is_some_and(u8::is_ascii_digit)
+        {
             return false;
         }
         let tag = &self.src[start..=end];
@@ -203,7 +210,9 @@ impl Iterator for Lexer<'_> {
                 Kind::Word
             }
             c if c.is_ascii_digit() || (c == b'.' && self.peek(1).is_ascii_digit()) => {
-                while self.pos < self.src.len() && (self.src[self.pos].is_ascii_alphanumeric() || self.src[self.pos] == b'.') {
+                while self.pos < self.src.len()
+                    && (self.src[self.pos].is_ascii_alphanumeric() || self.src[self.pos] == b'.')
+                {
                     self.pos += 1;
                 }
                 Kind::Number
@@ -279,7 +288,19 @@ mod tests {
     #[test]
     fn dollar_quotes_and_params() {
         let src = "SELECT $1, $tag$ ; 'x' $tag$, $$a;b$$, 1.5e3";
-        assert_eq!(texts(src), vec!["SELECT", "$1", ",", "$tag$ ; 'x' $tag$", ",", "$$a;b$$", ",", "1.5e3"]);
+        assert_eq!(
+            texts(src),
+            vec![
+                "SELECT",
+                "$1",
+                ",",
+                "$tag$ ; 'x' $tag$",
+                ",",
+                "$$a;b$$",
+                ",",
+                "1.5e3"
+            ]
+        );
     }
 
     #[test]
@@ -301,7 +322,16 @@ mod tests {
 
     #[test]
     fn unterminated_input_does_not_panic() {
-        for src in ["'abc", "\"abc", "/* abc", "$tag$ abc", "E'\\", "$", "-", "$$"] {
+        for src in [
+            "'abc",
+            "\"abc",
+            "/* abc",
+            "$tag$ abc",
+            "E'\\",
+            "$",
+            "-",
+            "$$",
+        ] {
             let _ = statements(src, true);
             let _ = statements(src, false);
         }

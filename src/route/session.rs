@@ -59,15 +59,28 @@ pub fn effects(sql: &str, standard_conforming_strings: bool) -> Vec<Effect> {
 /// hot path skip the lexer for ordinary statements.
 pub fn may_have_effects(sql: &[u8]) -> bool {
     const NEEDLES: &[&[u8]] = &[
-        b"set", b"reset", b"discard", b"deallocate", b"prepare", b"listen", b"declare", b"temp", b"advisory", b"load",
+        b"set",
+        b"reset",
+        b"discard",
+        b"deallocate",
+        b"prepare",
+        b"listen",
+        b"declare",
+        b"temp",
+        b"advisory",
+        b"load",
     ];
     sql.windows(3).any(|w| {
-        let w = [w[0].to_ascii_lowercase(), w[1].to_ascii_lowercase(), w[2].to_ascii_lowercase()];
+        let w = [
+            w[0].to_ascii_lowercase(),
+            w[1].to_ascii_lowercase(),
+            w[2].to_ascii_lowercase(),
+        ];
         NEEDLES.iter().any(|n| n[..3] == w)
     })
 }
 
-fn word<'a>(sql: &'a str, t: Option<&Token>) -> Option<String> {
+fn word(sql: &str, t: Option<&Token>) -> Option<String> {
     let t = t?;
     match t.kind {
         Kind::Word => Some(t.text(sql).to_ascii_lowercase()),
@@ -129,7 +142,8 @@ fn statement_effect(sql: &str, t: &[Token]) -> Option<Effect> {
                 return None;
             }
             let sep = t.get(j)?;
-            let is_sep = sep.is_word(sql, "to") || (sep.kind == Kind::Operator && sep.text(sql) == "=");
+            let is_sep =
+                sep.is_word(sql, "to") || (sep.kind == Kind::Operator && sep.text(sql) == "=");
             if !is_sep {
                 return Some(Effect::Pin("unrecognised SET"));
             }
@@ -165,10 +179,17 @@ fn statement_effect(sql: &str, t: &[Token]) -> Option<Effect> {
         "prepare" if !kw(1, "transaction") => Some(Effect::Pin("PREPARE")),
         "listen" => Some(Effect::Pin("LISTEN")),
         "load" => Some(Effect::Pin("LOAD")),
-        "declare" if t.windows(2).any(|w| w[0].is_word(sql, "with") && w[1].is_word(sql, "hold")) => {
+        "declare"
+            if t.windows(2)
+                .any(|w| w[0].is_word(sql, "with") && w[1].is_word(sql, "hold")) =>
+        {
             Some(Effect::Pin("DECLARE ... WITH HOLD"))
         }
-        "create" if (kw(1, "temp") || kw(1, "temporary")) || ((kw(1, "global") || kw(1, "local")) && (kw(2, "temp") || kw(2, "temporary"))) => {
+        "create"
+            if (kw(1, "temp") || kw(1, "temporary"))
+                || ((kw(1, "global") || kw(1, "local"))
+                    && (kw(2, "temp") || kw(2, "temporary"))) =>
+        {
             Some(Effect::Pin("CREATE TEMP"))
         }
         _ => session_function_call(sql, t),
@@ -180,7 +201,8 @@ fn session_function_call(sql: &str, t: &[Token]) -> Option<Effect> {
     t.windows(2).find_map(|w| {
         let is_call = w[1].kind == Kind::Punct(b'(');
         let name = word(sql, Some(&w[0]))?;
-        (is_call && SESSION_FUNCTIONS.contains(&name.as_str())).then_some(Effect::Pin("session-level function call"))
+        (is_call && SESSION_FUNCTIONS.contains(&name.as_str()))
+            .then_some(Effect::Pin("session-level function call"))
     })
 }
 
@@ -196,17 +218,45 @@ mod tests {
     fn set_and_reset_of_unreported_parameters() {
         assert_eq!(
             fx("SET search_path TO app, public"),
-            vec![Effect::Set { name: "search_path".into(), sql: "app, public".into() }]
+            vec![Effect::Set {
+                name: "search_path".into(),
+                sql: "app, public".into()
+            }]
         );
         assert_eq!(
             fx("set SESSION statement_timeout = '5s'"),
-            vec![Effect::Set { name: "statement_timeout".into(), sql: "'5s'".into() }]
+            vec![Effect::Set {
+                name: "statement_timeout".into(),
+                sql: "'5s'".into()
+            }]
         );
-        assert_eq!(fx("SET my.custom = 1"), vec![Effect::Set { name: "my.custom".into(), sql: "1".into() }]);
-        assert_eq!(fx("SET work_mem TO DEFAULT"), vec![Effect::Reset { name: "work_mem".into() }]);
-        assert_eq!(fx("RESET search_path"), vec![Effect::Reset { name: "search_path".into() }]);
+        assert_eq!(
+            fx("SET my.custom = 1"),
+            vec![Effect::Set {
+                name: "my.custom".into(),
+                sql: "1".into()
+            }]
+        );
+        assert_eq!(
+            fx("SET work_mem TO DEFAULT"),
+            vec![Effect::Reset {
+                name: "work_mem".into()
+            }]
+        );
+        assert_eq!(
+            fx("RESET search_path"),
+            vec![Effect::Reset {
+                name: "search_path".into()
+            }]
+        );
         assert_eq!(fx("RESET ALL"), vec![Effect::ResetAll]);
-        assert_eq!(fx("SET SCHEMA 'x'"), vec![Effect::Set { name: "search_path".into(), sql: "'x'".into() }]);
+        assert_eq!(
+            fx("SET SCHEMA 'x'"),
+            vec![Effect::Set {
+                name: "search_path".into(),
+                sql: "'x'".into()
+            }]
+        );
     }
 
     #[test]
@@ -223,7 +273,10 @@ mod tests {
     fn jdbc_style_multi_statement() {
         assert_eq!(
             fx("BEGIN; SET extra_float_digits = 3; SELECT 'SET x = 1'"),
-            vec![Effect::Set { name: "extra_float_digits".into(), sql: "3".into() }]
+            vec![Effect::Set {
+                name: "extra_float_digits".into(),
+                sql: "3".into()
+            }]
         );
     }
 
@@ -232,7 +285,10 @@ mod tests {
         assert_eq!(fx("DISCARD ALL"), vec![Effect::DiscardAll]);
         assert_eq!(fx("DEALLOCATE ALL"), vec![Effect::DeallocateAll]);
         assert_eq!(fx("DEALLOCATE PREPARE ALL"), vec![Effect::DeallocateAll]);
-        assert_eq!(fx("deallocate \"S_1\""), vec![Effect::Deallocate { name: "S_1".into() }]);
+        assert_eq!(
+            fx("deallocate \"S_1\""),
+            vec![Effect::Deallocate { name: "S_1".into() }]
+        );
         assert!(fx("DISCARD PLANS").is_empty());
     }
 
@@ -260,6 +316,8 @@ mod tests {
     fn precheck_catches_candidates() {
         assert!(may_have_effects(b"SET x = 1"));
         assert!(may_have_effects(b"select set_config('a','b',false)"));
-        assert!(!may_have_effects(b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"));
+        assert!(!may_have_effects(
+            b"SELECT abalance FROM pgbench_accounts WHERE aid = $1"
+        ));
     }
 }

@@ -1,0 +1,343 @@
+//! Client messages that transaction pooling must look at or rewrite:
+//! prepared statement names (Parse, Bind, Describe, Close), the unnamed
+//! statement across servers, and simple queries that change session state
+//! (SET, DEALLOCATE, DISCARD ALL, and what pins a client to its server).
+//!
+//! In session mode the server is the client's own and nothing is rewritten.
+
+use bytes::{BufMut, Bytes};
+
+use super::session::Session;
+use super::statements::Statement;
+use super::tracker::Synthetic;
+use crate::config::PoolMode;
+use crate::route::session::{effects, may_have_effects, Effect};
+use crate::wire::frame::{read_cstr, Header, HEADER_LEN};
+use crate::wire::messages::ProxyError;
+
+/// The name at the start of a message body (`&[]` if malformed).
+fn leading_name(body: &[u8]) -> &[u8] {
+    read_cstr(body).map_or(&[][..], |(n, _)| n)
+}
+
+impl Session<'_> {
+    fn standard_strings(&self) -> bool {
+        self.login.params.get("standard_conforming_strings") != Some("off")
+    }
+
+    /// Whether the server holds the client's current unnamed statement.
+    fn server_has_unnamed(&self) -> bool {
+        match (self.statements.unnamed(), self.server.as_ref()) {
+            (Some((_, seq)), Some(server)) => {
+                server.unnamed_owner == Some((self.login.client_id, *seq))
+            }
+            _ => true,
+        }
+    }
+
+    /// Looks at one client message (`body` is what follows its length);
+    /// returns true when it must go through [`Session::rewrite`] instead of
+    /// being forwarded as is. Also notes what a simple Query changes.
+    pub(super) fn needs_rewrite(&mut self, tag: u8, body: &[u8]) -> bool {
+        if self.mode != PoolMode::Transaction {
+            return false;
+        }
+        match tag {
+            b'P' => true,
+            b'B' => match read_cstr(body).and_then(|(_, rest)| read_cstr(rest)) {
+                Some((statement, _)) => !statement.is_empty() || !self.server_has_unnamed(),
+                None => false,
+            },
+            b'D' | b'C' => body.first() == Some(&b'S'),
+            b'Q' => self.note_query(body),
+            _ => false,
+        }
+    }
+
+    /// A simple Query: destroys the unnamed statement, may change session
+    /// state. Returns true for a DEALLOCATE of a protocol-level statement,
+    /// which pgsplit answers itself.
+    fn note_query(&mut self, body: &[u8]) -> bool {
+        self.statements.drop_unnamed();
+        if let Some(server) = self.server.as_deref_mut() {
+            server.unnamed_owner = None;
+        }
+        let text = leading_name(body);
+        if !may_have_effects(text) {
+            return false;
+        }
+        let Ok(text) = std::str::from_utf8(text) else {
+            return false;
+        };
+        let found = effects(text, self.standard_strings());
+        let mut answer_myself = false;
+        for effect in &found {
+            match effect {
+                Effect::Pin(reason) => self.pin(reason),
+                Effect::DeallocateAll => {
+                    self.statements.clear();
+                    self.forget_server_statements();
+                }
+                Effect::DiscardAll => {
+                    self.statements.clear();
+                    self.forget_server_statements();
+                    self.pinned = false;
+                }
+                Effect::Deallocate { name } => {
+                    answer_myself = found.len() == 1 && self.statements.get(name).is_some();
+                }
+                _ => {}
+            }
+        }
+        self.login.params.record_effects(found);
+        answer_myself
+    }
+
+    fn forget_server_statements(&mut self) {
+        if let Some(server) = self.server.as_deref_mut() {
+            server.prepared.clear();
+        }
+    }
+
+    fn pin(&mut self, reason: &str) {
+        if !self.pinned {
+            tracing::debug!(client = %self.login.peer, reason, "client pinned to its server");
+            self.pinned = true;
+        }
+    }
+
+    /// Answers with an error PostgreSQL would give, then skips to Sync.
+    fn fail(&mut self, code: &'static str, message: String) {
+        let mut error = ProxyError::error(code, message).to_bytes();
+        // PostgreSQL's own wording: drop the "pgsplit: " prefix pgsplit
+        // puts on errors of its own making, as this one is the server's.
+        error = strip_prefix(error);
+        self.tracker.synthetic(Synthetic::Error(error));
+        self.skip_to_sync = true;
+    }
+
+    /// Queues `message` (tag + body parts) for the server.
+    fn send(&mut self, tag: u8, parts: &[&[u8]]) {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        self.scratch.reserve(len + HEADER_LEN);
+        self.scratch.put_u8(tag);
+        self.scratch.put_i32((len + 4) as i32);
+        for p in parts {
+            self.scratch.put_slice(p);
+        }
+        let message = self.scratch.split().freeze();
+        self.to_server.push(message);
+    }
+
+    /// Makes sure the server has `statement`, slipping in a Parse (and a
+    /// Close for an evicted statement) when it does not. `visible` is true
+    /// when the client itself sent the Parse.
+    fn ensure_prepared(&mut self, statement: &Statement, visible: bool) {
+        let capacity = self.shared.config.proxy.max_prepared_statements as usize;
+        let Some(server) = self.server.as_deref_mut() else {
+            return;
+        };
+        if server.prepared.touch(statement.id) {
+            if visible {
+                self.tracker.synthetic(Synthetic::ParseComplete);
+            }
+            return;
+        }
+        if let Some(evicted) = server.prepared.insert(statement.id, capacity) {
+            let name = format!("pgsplit_{evicted}");
+            self.send(b'C', &[b"S", name.as_bytes(), b"\0"]);
+            self.tracker.close(false);
+        }
+        self.send(
+            b'P',
+            &[statement.server_name.as_bytes(), b"\0", &statement.body],
+        );
+        self.tracker.parse(visible, Some(statement.id));
+    }
+
+    /// Re-sends the client's unnamed statement to a server that holds
+    /// another one (pgx describes in one round trip and executes in the
+    /// next, possibly on another server).
+    fn ensure_unnamed(&mut self) {
+        if self.server_has_unnamed() {
+            return;
+        }
+        let Some((body, seq)) = self.statements.unnamed().cloned() else {
+            return;
+        };
+        self.send(b'P', &[b"\0", &body]);
+        self.tracker.parse(false, None);
+        if let Some(server) = self.server.as_deref_mut() {
+            server.unnamed_owner = Some((self.login.client_id, seq));
+        }
+    }
+
+    /// Handles a message [`Session::needs_rewrite`] picked.
+    pub(super) fn rewrite(&mut self, header: Header, message: Bytes) {
+        let body = message.slice(HEADER_LEN..);
+        match header.tag {
+            b'P' => self.rewrite_parse(&message, body),
+            b'B' => self.rewrite_bind(&message, body),
+            b'D' => self.rewrite_describe(&message, body),
+            b'C' => self.rewrite_close(&message, body),
+            b'Q' => {
+                // A DEALLOCATE of a statement pgsplit pooled.
+                if let Some(name) = deallocated_name(&body) {
+                    self.statements.remove(&name);
+                }
+                self.tracker
+                    .synthetic(Synthetic::CommandAndReady("DEALLOCATE"));
+            }
+            _ => self.forward(header.tag, message),
+        }
+    }
+
+    fn forward(&mut self, tag: u8, message: Bytes) {
+        self.tracker.client_message(tag, &message[HEADER_LEN..]);
+        self.to_server.push(message);
+    }
+
+    fn rewrite_parse(&mut self, message: &Bytes, body: Bytes) {
+        let name = leading_name(&body);
+        let rest = body.slice((name.len() + 1).min(body.len())..);
+        let query = leading_name(&rest);
+        if may_have_effects(query) {
+            if let Ok(text) = std::str::from_utf8(query) {
+                if !effects(text, self.standard_strings()).is_empty() {
+                    // Session state over the extended protocol: not replayed.
+                    self.pin("session command in a prepared statement");
+                }
+            }
+        }
+        if name.is_empty() {
+            let seq = self.statements.set_unnamed(rest);
+            if let Some(server) = self.server.as_deref_mut() {
+                server.unnamed_owner = Some((self.login.client_id, seq));
+            }
+            self.forward(b'P', message.clone());
+            return;
+        }
+        let name = String::from_utf8_lossy(name).into_owned();
+        let statement = self.shared.statements.intern(rest);
+        if !self.statements.insert(&name, statement.clone()) {
+            self.fail(
+                "42P05",
+                format!("prepared statement \"{name}\" already exists"),
+            );
+            return;
+        }
+        self.ensure_prepared(&statement, true);
+    }
+
+    /// The pooled statement behind a client's name, or the error
+    /// PostgreSQL gives for an unknown one.
+    fn lookup(&mut self, name: &[u8]) -> Option<std::sync::Arc<Statement>> {
+        let name = String::from_utf8_lossy(name);
+        let found = self.statements.get(&name).cloned();
+        if found.is_none() {
+            self.fail(
+                "26000",
+                format!("prepared statement \"{name}\" does not exist"),
+            );
+        }
+        found
+    }
+
+    fn rewrite_bind(&mut self, message: &Bytes, body: Bytes) {
+        let portal = leading_name(&body);
+        let after_portal = &body[(portal.len() + 1).min(body.len())..];
+        let statement = leading_name(after_portal);
+        if statement.is_empty() {
+            self.ensure_unnamed();
+            self.forward(b'B', message.clone());
+            return;
+        }
+        let Some(pooled) = self.lookup(statement) else {
+            return;
+        };
+        self.ensure_prepared(&pooled, false);
+        let rest = &after_portal[(statement.len() + 1).min(after_portal.len())..];
+        self.send(
+            b'B',
+            &[portal, b"\0", pooled.server_name.as_bytes(), b"\0", rest],
+        );
+        self.tracker.client_message(b'B', &[]);
+    }
+
+    fn rewrite_describe(&mut self, message: &Bytes, body: Bytes) {
+        let name = leading_name(&body[1..]);
+        if name.is_empty() {
+            self.ensure_unnamed();
+            self.forward(b'D', message.clone());
+            return;
+        }
+        let Some(pooled) = self.lookup(name) else {
+            return;
+        };
+        self.ensure_prepared(&pooled, false);
+        self.send(b'D', &[b"S", pooled.server_name.as_bytes(), b"\0"]);
+        self.tracker.describe(true);
+    }
+
+    fn rewrite_close(&mut self, message: &Bytes, body: Bytes) {
+        let name = leading_name(&body[1..]);
+        if name.is_empty() {
+            self.statements.drop_unnamed();
+            self.forward(b'C', message.clone());
+            return;
+        }
+        // The pooled statement stays on the servers for other clients;
+        // closing a name that does not exist is not an error.
+        self.statements.remove(&String::from_utf8_lossy(name));
+        self.tracker.synthetic(Synthetic::CloseComplete);
+    }
+}
+
+/// The statement name in a single `DEALLOCATE [PREPARE] name` query body.
+fn deallocated_name(body: &[u8]) -> Option<String> {
+    let text = std::str::from_utf8(leading_name(body)).ok()?;
+    match effects(text, true).as_slice() {
+        [Effect::Deallocate { name }] => Some(name.clone()),
+        _ => None,
+    }
+}
+
+/// Removes the "pgsplit: " prefix from an ErrorResponse built by
+/// [`ProxyError`], for errors that impersonate PostgreSQL's own.
+fn strip_prefix(error: Bytes) -> Bytes {
+    let needle = b"Mpgsplit: ";
+    let Some(at) = error.windows(needle.len()).position(|w| w == needle) else {
+        return error;
+    };
+    let mut out = Vec::with_capacity(error.len());
+    out.extend_from_slice(&error[..at + 1]);
+    out.extend_from_slice(&error[at + needle.len()..]);
+    let len = (out.len() - 1) as i32;
+    out[1..5].copy_from_slice(&len.to_be_bytes());
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::messages::parse_error_fields;
+
+    #[test]
+    fn errors_in_postgres_words() {
+        let e = strip_prefix(
+            ProxyError::error("26000", "prepared statement \"x\" does not exist").to_bytes(),
+        );
+        let len = i32::from_be_bytes([e[1], e[2], e[3], e[4]]) as usize;
+        assert_eq!(len + 1, e.len());
+        let f = parse_error_fields(&e[5..]);
+        assert_eq!(f.message, "prepared statement \"x\" does not exist");
+        assert_eq!(f.code, "26000");
+    }
+
+    #[test]
+    fn deallocate_names() {
+        assert_eq!(deallocated_name(b"DEALLOCATE s1\0"), Some("s1".into()));
+        assert_eq!(deallocated_name(b"DEALLOCATE ALL\0"), None);
+        assert_eq!(deallocated_name(b"SELECT 1\0"), None);
+    }
+}
