@@ -2,18 +2,33 @@
 //! SIGTERM it stops the servers, removes the cluster and exits 0.
 
 use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// Kills the demo if the test fails before it stops on its own.
+struct Demo(Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
 
 #[test]
 fn demo_serves_and_cleans_up_on_sigterm() {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
-        .arg("demo")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start pgsplit demo");
+    let mut demo = Demo(
+        Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+            .arg("demo")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start pgsplit demo"),
+    );
+    let child = &mut demo.0;
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
