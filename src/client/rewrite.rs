@@ -6,6 +6,7 @@
 //! In session mode the server is the client's own and nothing is rewritten.
 
 use bytes::{BufMut, Bytes};
+use std::sync::Arc;
 
 use super::session::Session;
 use super::statements::Statement;
@@ -132,7 +133,7 @@ impl Session<'_> {
     /// Makes sure the server has `statement`, slipping in a Parse (and a
     /// Close for an evicted statement) when it does not. `visible` is true
     /// when the client itself sent the Parse.
-    fn ensure_prepared(&mut self, statement: &Statement, visible: bool) {
+    fn ensure_prepared(&mut self, statement: &Arc<Statement>, visible: bool) {
         let capacity = self.shared.config.proxy.max_prepared_statements as usize;
         let Some(server) = self.server.as_deref_mut() else {
             return;
@@ -152,7 +153,7 @@ impl Session<'_> {
             b'P',
             &[statement.server_name.as_bytes(), b"\0", &statement.body],
         );
-        self.tracker.parse(visible, Some(statement.id));
+        self.tracker.parse(visible, Some(statement.clone()));
     }
 
     /// Re-sends the client's unnamed statement to a server that holds
@@ -170,6 +171,43 @@ impl Session<'_> {
         if let Some(server) = self.server.as_deref_mut() {
             server.unnamed_owner = Some((self.login.client_id, seq));
         }
+    }
+
+    /// Answers Parse + Sync of a statement some server already parsed
+    /// without taking a server, when the client holds none: libpq's
+    /// PQprepare waits for this answer synchronously, and a single-threaded
+    /// program with several connections would otherwise deadlock against
+    /// its own open transactions. Returns the bytes consumed, or 0.
+    pub(super) fn answer_prepare(&mut self, at: usize, parse_len: usize) -> usize {
+        if self.mode != PoolMode::Transaction || self.server.is_some() {
+            return 0;
+        }
+        let input = &self.client_in[at..];
+        let sync = input.get(parse_len..parse_len + HEADER_LEN);
+        if sync != Some(b"S\0\0\0\x04".as_slice()) {
+            return 0;
+        }
+        let body = &input[HEADER_LEN..parse_len];
+        let name = leading_name(body);
+        if name.is_empty() {
+            return 0;
+        }
+        let rest = &body[(name.len() + 1).min(body.len())..];
+        let Some(statement) = self
+            .shared
+            .statements
+            .get(rest)
+            .filter(|s| s.is_confirmed())
+        else {
+            return 0;
+        };
+        let name = String::from_utf8_lossy(name).into_owned();
+        if !self.statements.insert(&name, statement) {
+            return 0;
+        }
+        self.to_client
+            .push(Bytes::from_static(b"1\0\0\0\x04Z\0\0\0\x05I"));
+        parse_len + HEADER_LEN
     }
 
     /// Handles a message [`Session::needs_rewrite`] picked.
@@ -231,7 +269,7 @@ impl Session<'_> {
 
     /// The pooled statement behind a client's name, or the error
     /// PostgreSQL gives for an unknown one.
-    fn lookup(&mut self, name: &[u8]) -> Option<std::sync::Arc<Statement>> {
+    fn lookup(&mut self, name: &[u8]) -> Option<Arc<Statement>> {
         let name = String::from_utf8_lossy(name);
         let found = self.statements.get(&name).cloned();
         if found.is_none() {

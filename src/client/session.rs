@@ -100,7 +100,7 @@ pub(super) struct Session<'a> {
     max_message: usize,
     client_rd: OwnedReadHalf,
     client_wr: OwnedWriteHalf,
-    client_in: BytesMut,
+    pub(super) client_in: BytesMut,
     pub(super) to_client: OutQueue,
     pub(super) to_server: OutQueue,
     pub(super) server: Option<PooledServer>,
@@ -274,6 +274,13 @@ impl Session<'_> {
                 }
                 self.skip_to_sync = false;
             }
+            if self.server.is_none() && header.tag == b'P' {
+                let answered = self.answer_prepare(ready, header.total_len);
+                if answered > 0 {
+                    let _ = self.client_in.split_to(answered);
+                    continue;
+                }
+            }
             if self.server.is_none() {
                 // A server is held while earlier messages of this batch are
                 // queued, so `ready` is 0 here.
@@ -446,6 +453,9 @@ impl Session<'_> {
                 while let Some(due) = self.tracker.take_due() {
                     self.to_client.push(due.encode(server.status));
                 }
+            }
+            if header.tag == b'Z' {
+                tracing::trace!(status = %(server.status as char), idle = self.tracker.is_idle(), pinned = self.pinned, queued = self.to_server.len(), tracker = ?self.tracker, "ReadyForQuery");
             }
             if header.tag == b'Z'
                 && self.mode == PoolMode::Transaction

@@ -9,7 +9,7 @@
 
 use bytes::Bytes;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Past this many entries the registry drops statements no client maps.
@@ -23,7 +23,30 @@ pub struct Statement {
     pub server_name: String,
     /// The Parse body after the name: query, NUL, parameter types.
     pub body: Bytes,
+    /// A server has answered its Parse with ParseComplete: it is valid SQL
+    /// with these parameter types.
+    confirmed: AtomicBool,
 }
+
+impl Statement {
+    /// Notes that a server parsed it successfully.
+    pub fn confirm(&self) {
+        self.confirmed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a server ever parsed it successfully.
+    pub fn is_confirmed(&self) -> bool {
+        self.confirmed.load(Ordering::Relaxed)
+    }
+}
+
+impl PartialEq for Statement {
+    fn eq(&self, other: &Self) -> bool {
+        self.id == other.id
+    }
+}
+
+impl Eq for Statement {}
 
 /// Every pooled statement, by identity.
 #[derive(Default)]
@@ -48,9 +71,19 @@ impl StatementRegistry {
             id,
             server_name: format!("pgsplit_{id}"),
             body: body.clone(),
+            confirmed: AtomicBool::new(false),
         });
         map.insert(body, s.clone());
         s
+    }
+
+    /// The pooled statement for a Parse body, if one exists.
+    pub fn get(&self, body: &[u8]) -> Option<Arc<Statement>> {
+        self.by_body
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(body)
+            .cloned()
     }
 
     /// Number of pooled statements (for tests and status).

@@ -15,6 +15,9 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 use std::collections::VecDeque;
+use std::sync::Arc;
+
+use super::statements::Statement;
 
 /// A response pgsplit makes up for the client.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,7 +59,7 @@ enum Unit {
     /// is the pooled statement id it creates on the server.
     Parse {
         visible: bool,
-        statement: Option<u64>,
+        statement: Option<Arc<Statement>>,
     },
     Bind,
     /// Describe of a statement ('t' then 'T'/'n') or portal ('T'/'n').
@@ -132,7 +135,7 @@ impl Tracker {
     }
 
     /// A Parse is forwarded (possibly renamed, possibly slipped in).
-    pub fn parse(&mut self, visible: bool, statement: Option<u64>) {
+    pub fn parse(&mut self, visible: bool, statement: Option<Arc<Statement>>) {
         self.push(Unit::Parse { visible, statement });
     }
 
@@ -211,7 +214,12 @@ impl Tracker {
             return Verdict::Forward;
         };
         let (done, verdict) = match (front, tag) {
-            (Unit::Parse { visible, .. }, b'1') => (true, visible_verdict(*visible)),
+            (Unit::Parse { visible, statement }, b'1') => {
+                if let Some(s) = statement {
+                    s.confirm();
+                }
+                (true, visible_verdict(*visible))
+            }
             (Unit::Bind, b'2') => (true, Verdict::Forward),
             (Unit::Close { visible }, b'3') => (true, visible_verdict(*visible)),
             (
@@ -251,7 +259,7 @@ impl Tracker {
                 ..
             }) = self.units.pop_front()
             {
-                self.failed_statements.push(id);
+                self.failed_statements.push(id.id);
             }
         }
         Verdict::Forward

@@ -73,6 +73,13 @@ pub fn execute(portal: &str, max_rows: i32) -> Vec<u8> {
     message(b'E', &b)
 }
 
+/// Close a statement ('S') or portal ('P').
+pub fn close(kind: u8, name: &str) -> Vec<u8> {
+    let mut b = vec![kind];
+    cstr(&mut b, name);
+    message(b'C', &b)
+}
+
 pub fn sync() -> Vec<u8> {
     message(b'S', &[])
 }

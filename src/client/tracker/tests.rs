@@ -68,17 +68,23 @@ fn flush_without_sync_keeps_server() {
     assert!(t.is_idle());
 }
 
+fn statement(body: &'static [u8]) -> Arc<Statement> {
+    crate::client::statements::StatementRegistry::default().intern(Bytes::from_static(body))
+}
+
 #[test]
 fn error_skips_to_sync_and_forgets_statements() {
     let mut t = Tracker::default();
-    t.parse(true, Some(7));
+    let (a, b) = (statement(b"a\0\0\0"), statement(b"b\0\0\0"));
+    t.parse(true, Some(a.clone()));
     send(&mut t, b"BE");
-    t.parse(true, Some(8));
+    t.parse(true, Some(b.clone()));
     send(&mut t, b"BES");
     // The first Parse fails: everything up to Sync is skipped.
     assert_eq!(recv(&mut t, b"EZ"), "EZ");
     assert!(t.is_idle());
-    assert_eq!(t.take_failed_statements(), vec![7, 8]);
+    assert_eq!(t.take_failed_statements(), vec![a.id, b.id]);
+    assert!(!a.is_confirmed());
 }
 
 #[test]
@@ -111,10 +117,12 @@ fn made_up_answers_after_an_error_are_dropped() {
 #[test]
 fn slipped_in_messages_are_hidden() {
     let mut t = Tracker::default();
+    let s = statement(b"s\0\0\0");
     t.close(false);
-    t.parse(false, Some(3));
+    t.parse(false, Some(s.clone()));
     send(&mut t, b"BES");
     assert_eq!(recv(&mut t, b"312DCZ"), "2DCZ");
+    assert!(s.is_confirmed());
     assert!(t.is_idle());
 }
 
