@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a fresh machine: installs what the tests need
-# (PostgreSQL 15 server and client programs) when missing, then runs every
-# unit and integration test with cargo-nextest.
+# when missing (PostgreSQL 15 server and client programs; the Python and
+# Node.js drivers the driver tests use), then runs every unit and
+# integration test with cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
     $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}" >/dev/null \
         || { $SUDO apt-get update -q >/dev/null && $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${need_apt[@]}" >/dev/null; }
+fi
+
+# Driver tests: asyncpg and psycopg 3 in a venv, node-postgres via npm.
+venv=target/driver-venv
+if ! "$venv/bin/python" -c 'import asyncpg, psycopg' >/dev/null 2>&1; then
+    echo "installing Python drivers into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r tests/drivers/requirements.txt
+fi
+if [ ! -d tests/drivers/node/node_modules/pg ]; then
+    echo "installing node-postgres" >&2
+    (cd tests/drivers/node && npm ci --no-audit --no-fund --silent)
 fi
 
 if cargo nextest --version >/dev/null 2>&1; then

@@ -13,7 +13,10 @@ const SETTINGS: &str = "SELECT current_setting('search_path'), current_setting('
 
 async fn settings(c: &Client) -> (Vec<String>, i32) {
     let row = c.query_one(SETTINGS, &[]).await.unwrap();
-    ((0..6).map(|i| row.get::<_, String>(i)).collect(), row.get(6))
+    (
+        (0..6).map(|i| row.get::<_, String>(i)).collect(),
+        row.get(6),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -28,7 +31,14 @@ async fn a_server_never_carries_another_clients_settings() {
     )
     .await
     .unwrap();
-    let want_a = vec!["pg_catalog, public", "Asia/Tokyo", "client-a", "a-value", "7s", &defaults[5]];
+    let want_a = vec![
+        "pg_catalog, public",
+        "Asia/Tokyo",
+        "client-a",
+        "a-value",
+        "7s",
+        &defaults[5],
+    ];
     for _ in 0..3 {
         let (seen_b, pid_b) = settings(&b).await;
         assert_eq!(seen_b, defaults, "b must see none of a's settings");
@@ -45,11 +55,15 @@ async fn settings_follow_commit_and_rollback() {
     let b = env.connect().await;
     let (defaults, _) = settings(&b).await;
     // Rolled back: undone, for reported and unreported parameters alike.
-    a.batch_execute("BEGIN; SET search_path TO pg_catalog; SET TimeZone = 'Asia/Tokyo'; ROLLBACK").await.unwrap();
+    a.batch_execute("BEGIN; SET search_path TO pg_catalog; SET TimeZone = 'Asia/Tokyo'; ROLLBACK")
+        .await
+        .unwrap();
     b.query_one("SELECT 1", &[]).await.unwrap();
     assert_eq!(settings(&a).await.0, defaults);
     // Committed in a later statement: kept.
-    a.batch_execute("BEGIN; SET statement_timeout = '9s'").await.unwrap();
+    a.batch_execute("BEGIN; SET statement_timeout = '9s'")
+        .await
+        .unwrap();
     a.batch_execute("COMMIT").await.unwrap();
     b.query_one("SELECT 1", &[]).await.unwrap();
     assert_eq!(settings(&a).await.0[4], "9s");
@@ -60,15 +74,21 @@ async fn settings_follow_commit_and_rollback() {
     b.query_one("SELECT 1", &[]).await.unwrap();
     assert_eq!(settings(&a).await.0[5], defaults[5]);
     // RESET and RESET ALL and DISCARD ALL.
-    a.batch_execute("SET search_path TO pg_catalog").await.unwrap();
+    a.batch_execute("SET search_path TO pg_catalog")
+        .await
+        .unwrap();
     a.batch_execute("RESET search_path").await.unwrap();
     b.query_one("SELECT 1", &[]).await.unwrap();
     assert_eq!(settings(&a).await.0[0], defaults[0]);
-    a.batch_execute("SET search_path TO pg_catalog; SET my.guc = 'x'").await.unwrap();
+    a.batch_execute("SET search_path TO pg_catalog; SET my.guc = 'x'")
+        .await
+        .unwrap();
     a.batch_execute("RESET ALL").await.unwrap();
     b.query_one("SELECT 1", &[]).await.unwrap();
     assert_eq!(settings(&a).await.0, defaults);
-    a.batch_execute("SET search_path TO pg_catalog").await.unwrap();
+    a.batch_execute("SET search_path TO pg_catalog")
+        .await
+        .unwrap();
     a.batch_execute("DISCARD ALL").await.unwrap();
     b.query_one("SELECT 1", &[]).await.unwrap();
     assert_eq!(settings(&a).await.0, defaults);
@@ -80,7 +100,9 @@ async fn untrackable_state_pins_the_client() {
     let a = env.connect().await;
     let b = env.connect().await;
     let (defaults, _) = settings(&b).await;
-    a.query_one("SELECT set_config('search_path', 'pg_catalog', false)", &[]).await.unwrap();
+    a.query_one("SELECT set_config('search_path', 'pg_catalog', false)", &[])
+        .await
+        .unwrap();
     let (seen, pinned_pid) = settings(&a).await;
     assert_eq!(seen[0], "pg_catalog");
     for _ in 0..10 {
@@ -91,9 +113,15 @@ async fn untrackable_state_pins_the_client() {
         assert_eq!(pid_a, pinned_pid);
     }
     // Session temp tables live as long as the session, so pin too.
-    b.batch_execute("CREATE TEMP TABLE mine(x int); INSERT INTO mine VALUES (1)").await.unwrap();
+    b.batch_execute("CREATE TEMP TABLE mine(x int); INSERT INTO mine VALUES (1)")
+        .await
+        .unwrap();
     for _ in 0..5 {
-        let n: i64 = b.query_one("SELECT count(*) FROM mine", &[]).await.unwrap().get(0);
+        let n: i64 = b
+            .query_one("SELECT count(*) FROM mine", &[])
+            .await
+            .unwrap()
+            .get(0);
         assert_eq!(n, 1);
     }
 }
@@ -103,9 +131,19 @@ async fn jdbc_style_multi_statement_strings() {
     let env = TestEnv::start(0, "pool_size = 1").await;
     let a = env.connect().await;
     let b = env.connect().await;
-    a.batch_execute("BEGIN; SET extra_float_digits = 2; SELECT 1; COMMIT").await.unwrap();
-    let theirs: String = b.query_one("SELECT current_setting('extra_float_digits')", &[]).await.unwrap().get(0);
-    let mine: String = a.query_one("SELECT current_setting('extra_float_digits')", &[]).await.unwrap().get(0);
+    a.batch_execute("BEGIN; SET extra_float_digits = 2; SELECT 1; COMMIT")
+        .await
+        .unwrap();
+    let theirs: String = b
+        .query_one("SELECT current_setting('extra_float_digits')", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let mine: String = a
+        .query_one("SELECT current_setting('extra_float_digits')", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(mine, "2");
     assert_eq!(theirs, "1");
 }
