@@ -15,7 +15,7 @@
 //! server in any other state has that server closed, never pooled.
 
 use bytes::{Bytes, BytesMut};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -59,6 +59,10 @@ pub enum CloseReason {
     ProtocolViolation,
     /// No server connection could be had (wait timeout, connect failure).
     NoServer,
+    /// Idle between transactions longer than client_idle_timeout.
+    ClientIdleTimeout,
+    /// Idle inside a transaction longer than idle_transaction_timeout.
+    IdleInTransactionTimeout,
 }
 
 impl CloseReason {
@@ -70,6 +74,8 @@ impl CloseReason {
             CloseReason::ServerLost => "server_lost",
             CloseReason::ProtocolViolation => "protocol_violation",
             CloseReason::NoServer => "no_server",
+            CloseReason::ClientIdleTimeout => "client_idle_timeout",
+            CloseReason::IdleInTransactionTimeout => "idle_transaction_timeout",
         }
     }
 }
@@ -91,6 +97,23 @@ enum Event {
     ServerRead(std::io::Result<usize>),
     ClientWritten(std::io::Result<()>),
     ServerWritten(std::io::Result<()>),
+    IdleCheck,
+}
+
+/// The idle timeouts of one session. The timer is not reset on every
+/// message: when it fires, the session compares the time since the client
+/// last sent anything with the limit that applies now, and re-arms.
+struct IdleTimer {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    client_idle: Option<Duration>,
+    in_transaction: Option<Duration>,
+}
+
+async fn idle_check(timer: &mut Option<IdleTimer>) {
+    match timer {
+        Some(t) => t.sleep.as_mut().await,
+        None => std::future::pending().await,
+    }
 }
 
 pub(super) struct Session<'a> {
@@ -118,6 +141,9 @@ pub(super) struct Session<'a> {
     pub(super) skip_to_sync: bool,
     /// Room for messages pgsplit rewrites.
     pub(super) scratch: BytesMut,
+    /// When the client last sent anything.
+    last_activity: Instant,
+    idle: Option<IdleTimer>,
 }
 
 /// Serves a logged-in client until it leaves, then cleans up.
@@ -142,11 +168,25 @@ pub async fn run(stream: TcpStream, pending: BytesMut, login: LoggedIn, shared: 
         pinned: false,
         skip_to_sync: false,
         scratch: BytesMut::new(),
+        last_activity: Instant::now(),
+        idle: idle_timer(&shared.config.proxy),
     };
     let reason = session.serve().await;
     session.finish(reason).await;
     shared.cancels.unregister(session.login.cancel_key);
     tracing::info!(client = %session.login.peer, user = %session.login.user.config.name, reason = reason.as_str(), "client connection closed");
+}
+
+fn idle_timer(p: &crate::config::ProxyConfig) -> Option<IdleTimer> {
+    let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
+    let client_idle = nonzero(p.client_idle_timeout.0);
+    let in_transaction = nonzero(p.idle_transaction_timeout.0);
+    let first = client_idle.into_iter().chain(in_transaction).min()?;
+    Some(IdleTimer {
+        sleep: Box::pin(tokio::time::sleep(first)),
+        client_idle,
+        in_transaction,
+    })
 }
 
 async fn read_server(
@@ -201,9 +241,15 @@ impl Session<'_> {
                     r = read_server(srd, sbuf), if can_read_server => Event::ServerRead(r),
                     r = self.to_client.write_some(&mut self.client_wr), if can_write_client => Event::ClientWritten(r),
                     r = write_server(&mut self.to_server, swr), if can_write_server => Event::ServerWritten(r),
+                    _ = idle_check(&mut self.idle) => Event::IdleCheck,
                 }
             };
             match event {
+                Event::IdleCheck => {
+                    if let Some(reason) = self.check_idle().await {
+                        return reason;
+                    }
+                }
                 Event::ClientRead(Ok(0)) => return CloseReason::ClientClosed,
                 Event::ClientRead(Ok(_)) => match self.on_client_data().await {
                     Ok(Flow::Continue) => {}
@@ -229,10 +275,64 @@ impl Session<'_> {
         }
     }
 
+    /// The idle timer fired: disconnect the client if it has been idle
+    /// longer than the limit for its state, else re-arm.
+    async fn check_idle(&mut self) -> Option<CloseReason> {
+        let waiting_on_client = self.to_server.is_empty() && self.tracker.is_idle();
+        let status = self.server.as_ref().map(|s| s.status);
+        let timer = self.idle.as_mut()?;
+        let limit = match status {
+            None => timer
+                .client_idle
+                .map(|d| (d, CloseReason::ClientIdleTimeout)),
+            Some(b'T' | b'E') if waiting_on_client => timer
+                .in_transaction
+                .map(|d| (d, CloseReason::IdleInTransactionTimeout)),
+            Some(_) if waiting_on_client && self.pinned => timer
+                .client_idle
+                .map(|d| (d, CloseReason::ClientIdleTimeout)),
+            Some(_) => None,
+        };
+        let now = tokio::time::Instant::now();
+        let idle_for = self.last_activity.elapsed();
+        match limit {
+            Some((d, reason)) if idle_for >= d => {
+                let error = match reason {
+                    CloseReason::ClientIdleTimeout => ProxyError::fatal(
+                        "57P05",
+                        "terminating connection due to idle-session timeout (client_idle_timeout)",
+                    ),
+                    _ => ProxyError::fatal(
+                        "25P03",
+                        "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",
+                    ),
+                };
+                self.farewell(error).await;
+                Some(reason)
+            }
+            Some((d, _)) => {
+                timer.sleep.as_mut().reset(now + (d - idle_for));
+                None
+            }
+            None => {
+                let recheck = timer
+                    .client_idle
+                    .into_iter()
+                    .chain(timer.in_transaction)
+                    .min()?;
+                timer.sleep.as_mut().reset(now + recheck);
+                None
+            }
+        }
+    }
+
     /// Cuts whole client messages off the buffer and queues them for the
     /// server, checking out a server first when the client holds none.
     /// Messages that need no rewriting are forwarded as one contiguous run.
     async fn on_client_data(&mut self) -> Result<Flow, CloseReason> {
+        if self.idle.is_some() {
+            self.last_activity = Instant::now();
+        }
         let mut ready = 0;
         loop {
             let header = match peek_header(&self.client_in[ready..], self.max_message) {
@@ -443,6 +543,10 @@ impl Session<'_> {
             }
             if header.tag == b'Z' {
                 self.login.params.ready(server.status, server);
+                if self.idle.is_some() {
+                    // Idle time counts from the end of the last request.
+                    self.last_activity = Instant::now();
+                }
             }
             if let Some(due) = self.tracker.take_due() {
                 if off > 0 {

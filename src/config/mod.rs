@@ -67,6 +67,12 @@ pub struct ProxyConfig {
     pub server_lifetime: Seconds,
     /// A client must finish startup and authentication within this.
     pub client_login_timeout: Seconds,
+    /// A client idle (between transactions) this long is disconnected
+    /// with 57P05; 0 = never.
+    pub client_idle_timeout: Seconds,
+    /// A client idle inside a transaction this long is disconnected with
+    /// 25P03 and its server closed; 0 = never.
+    pub idle_transaction_timeout: Seconds,
     /// Largest message a client may send (08P01 beyond it).
     pub max_message_size: ByteSize,
     pub auth_type: AuthType,
@@ -91,6 +97,8 @@ impl Default for ProxyConfig {
             server_idle_timeout: Seconds(Duration::from_secs(600)),
             server_lifetime: Seconds(Duration::from_secs(3600)),
             client_login_timeout: Seconds(Duration::from_secs(15)),
+            client_idle_timeout: Seconds(Duration::ZERO),
+            idle_transaction_timeout: Seconds(Duration::ZERO),
             max_message_size: ByteSize(64 << 20),
             auth_type: AuthType::ScramSha256,
             server_reset_query: "DISCARD ALL".into(),
