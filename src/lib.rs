@@ -11,5 +11,7 @@ pub mod demo;
 pub mod pool;
 pub mod proxy;
 pub mod route;
+pub mod stream;
+pub mod tls;
 pub mod topology;
 pub mod wire;

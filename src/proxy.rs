@@ -25,6 +25,8 @@ pub struct Shared {
     pub pools: Arc<Pools>,
     pub cancels: CancelRegistry,
     pub statements: StatementRegistry,
+    /// Present when `tls_cert_file`/`tls_key_file` are set.
+    pub tls_acceptor: Option<tokio_rustls::TlsAcceptor>,
     pub topology: TopologyWatch,
     /// Clients connected right now (counted from accept to close).
     pub clients: AtomicUsize,
@@ -46,6 +48,8 @@ pub enum StartError {
         addr: String,
         source: std::io::Error,
     },
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// A running proxy.
@@ -60,6 +64,13 @@ pub struct Proxy {
 impl Proxy {
     /// Binds `proxy.listen` and starts serving.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        let p = &config.proxy;
+        let tls_acceptor = match (&p.tls_cert_file, &p.tls_key_file) {
+            (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
+            _ => None,
+        };
+        let server_tls = crate::tls::connector(p.server_tls_mode, p.server_tls_ca_file.as_deref())?
+            .map(|c| (c, p.server_tls_mode));
         let listener = TcpListener::bind(&config.proxy.listen)
             .await
             .map_err(|source| StartError::Listen {
@@ -78,6 +89,7 @@ impl Proxy {
             connect_timeout: p.server_connect_timeout.0,
             idle_timeout: nonzero(p.server_idle_timeout.0),
             lifetime: nonzero(p.server_lifetime.0),
+            tls: server_tls,
         });
         let (topology_tx, topology_rx) = topology::publish(&config);
         let shared = Arc::new(Shared {
@@ -86,6 +98,7 @@ impl Proxy {
             pools: pools.clone(),
             cancels: CancelRegistry::default(),
             statements: StatementRegistry::default(),
+            tls_acceptor,
             topology: topology_rx,
             clients: AtomicUsize::new(0),
             next_client_id: AtomicU64::new(1),

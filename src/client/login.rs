@@ -6,8 +6,9 @@
 use bytes::BytesMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use super::auth::User;
 use super::params::ClientParams;
@@ -16,6 +17,7 @@ use crate::pool::cancel::{CancelKey, CancelSlot};
 use crate::pool::pools::{CheckoutError, PooledServer, ServerPool};
 use crate::pool::server::ServerError;
 use crate::proxy::Shared;
+use crate::stream::Stream;
 use crate::wire::messages::{self, ProxyError};
 use crate::wire::startup::{self, StartupPacket};
 
@@ -33,44 +35,98 @@ pub struct LoggedIn {
     pub cancel: Arc<CancelSlot>,
 }
 
+/// What the plaintext (or, after an upgrade, encrypted) startup phase ended with.
+enum Phase {
+    /// A StartupMessage: protocol minor version and parameters.
+    Startup(u16, Vec<(String, String)>),
+    /// The client asked for TLS and was told 'S': the handshake is next.
+    UpgradeTls,
+    /// Nothing more to do (a CancelRequest, or a close before any packet).
+    Done,
+}
+
 /// Runs login within `client_login_timeout`. Errors are sent to the client
 /// as FATAL ErrorResponses and logged; `None` means the connection is done.
 /// On success returns the stream, the bytes the client already sent past
 /// login, and the session's identity.
 pub async fn login(
-    mut stream: TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     shared: &Shared,
     over_limit: bool,
-) -> Option<(TcpStream, BytesMut, LoggedIn)> {
-    let timeout = shared.config.proxy.client_login_timeout.0;
+) -> Option<(Stream, BytesMut, LoggedIn)> {
+    let deadline = Instant::now() + shared.config.proxy.client_login_timeout.0;
     let mut buf = BytesMut::with_capacity(1024);
-    let outcome = tokio::time::timeout(
-        timeout,
-        login_inner(&mut stream, &mut buf, shared, over_limit),
+    let mut tcp = tcp;
+    let offer_tls = shared.tls_acceptor.is_some();
+    let (mut stream, phase) = match within(
+        deadline,
+        startup_phase(&mut tcp, &mut buf, shared, offer_tls, false),
     )
-    .await;
+    .await
+    {
+        Ok(Phase::UpgradeTls) => {
+            let acceptor = shared.tls_acceptor.as_ref()?;
+            let tls = match tokio::time::timeout_at(deadline, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::info!(client = %peer, error = %e, "TLS handshake failed");
+                    return None;
+                }
+                Err(_) => return None,
+            };
+            let mut stream = Stream::Accepted(Box::new(tls));
+            let phase = within(
+                deadline,
+                startup_phase(&mut stream, &mut buf, shared, false, true),
+            )
+            .await;
+            (stream, phase)
+        }
+        other => (Stream::Plain(tcp), other),
+    };
+    let outcome = match phase {
+        Ok(Phase::Startup(minor, params)) => {
+            within(
+                deadline,
+                finish_login(&mut stream, &mut buf, minor, params, shared, over_limit),
+            )
+            .await
+        }
+        Ok(Phase::UpgradeTls | Phase::Done) => return None,
+        Err(e) => Err(e),
+    };
     let err = match outcome {
-        Ok(Ok(Some(mut ready))) => {
+        Ok(mut ready) => {
             ready.peer = peer;
-            tracing::info!(client = %peer, user = %ready.user.config.name, database = %ready.database, "client logged in");
+            tracing::info!(client = %peer, user = %ready.user.config.name, database = %ready.database, tls = stream.is_tls(), "client logged in");
             return Some((stream, buf, ready));
         }
-        Ok(Ok(None)) => return None,
-        Ok(Err(e)) => e,
-        Err(_) => ProxyError::fatal(
-            "08P01",
-            "client did not finish login within client_login_timeout",
-        ),
+        Err(e) => e,
     };
     tracing::info!(client = %peer, reason = %err, "client login refused");
     let _ = stream.write_all(&err.to_bytes()).await;
     None
 }
 
+/// Runs a login step, turning the end of `client_login_timeout` into an error.
+async fn within<T>(
+    deadline: Instant,
+    step: impl std::future::Future<Output = Result<T, ProxyError>>,
+) -> Result<T, ProxyError> {
+    tokio::time::timeout_at(deadline, step)
+        .await
+        .unwrap_or_else(|_| {
+            Err(ProxyError::fatal(
+                "08P01",
+                "client did not finish login within client_login_timeout",
+            ))
+        })
+}
+
 /// Reads one startup-phase packet; `None` on a clean close before it.
-async fn read_startup_packet(
-    stream: &mut TcpStream,
+async fn read_startup_packet<S: AsyncRead + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
 ) -> Result<Option<BytesMut>, ProxyError> {
     loop {
@@ -94,20 +150,31 @@ async fn read_startup_packet(
     }
 }
 
-async fn login_inner(
-    stream: &mut TcpStream,
+fn lost(e: std::io::Error) -> ProxyError {
+    ProxyError::fatal("08006", format!("client connection lost: {e}"))
+}
+
+/// Answers SSLRequest ('S' when TLS is configured, else 'N') and
+/// GSSENCRequest ('N'), serves CancelRequest, and returns the StartupMessage.
+async fn startup_phase<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     shared: &Shared,
-    over_limit: bool,
-) -> Result<Option<LoggedIn>, ProxyError> {
-    let lost =
-        |e: std::io::Error| ProxyError::fatal("08006", format!("client connection lost: {e}"));
-    let (minor, params) = loop {
+    offer_tls: bool,
+    encrypted: bool,
+) -> Result<Phase, ProxyError> {
+    loop {
         let Some(packet) = read_startup_packet(stream, buf).await? else {
-            return Ok(None);
+            return Ok(Phase::Done);
         };
         match startup::parse(&packet).map_err(|e| ProxyError::fatal("08P01", e.to_string()))? {
-            StartupPacket::SslRequest | StartupPacket::GssEncRequest => {
+            StartupPacket::SslRequest | StartupPacket::GssEncRequest if encrypted => {
+                return Err(ProxyError::fatal(
+                    "08P01",
+                    "encryption requested on an encrypted connection",
+                ));
+            }
+            request @ (StartupPacket::SslRequest | StartupPacket::GssEncRequest) => {
                 // Bytes sent before our answer would be read as plaintext
                 // after it (CVE-2021-23222); PostgreSQL refuses them too.
                 if !buf.is_empty() {
@@ -115,6 +182,10 @@ async fn login_inner(
                         "08P01",
                         "received unencrypted data after encryption request",
                     ));
+                }
+                if offer_tls && request == StartupPacket::SslRequest {
+                    stream.write_all(b"S").await.map_err(lost)?;
+                    return Ok(Phase::UpgradeTls);
                 }
                 stream.write_all(b"N").await.map_err(lost)?;
             }
@@ -129,7 +200,7 @@ async fn login_inner(
                 if let Some(slot) = shared.cancels.find(key) {
                     slot.cancel().await;
                 }
-                return Ok(None);
+                return Ok(Phase::Done);
             }
             StartupPacket::Startup {
                 major,
@@ -144,10 +215,28 @@ async fn login_inner(
                         ),
                     ));
                 }
-                break (minor, params);
+                return Ok(Phase::Startup(minor, params));
             }
         }
-    };
+    }
+}
+
+/// Everything after the StartupMessage: version negotiation, limits,
+/// authentication, the first server and the client's parameters.
+async fn finish_login(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    minor: u16,
+    params: Vec<(String, String)>,
+    shared: &Shared,
+    over_limit: bool,
+) -> Result<LoggedIn, ProxyError> {
+    if shared.config.proxy.tls_require && !stream.is_tls() {
+        return Err(ProxyError::fatal(
+            "28000",
+            "TLS is required (tls_require = true); connect with sslmode=require",
+        ));
+    }
     let mut out = BytesMut::with_capacity(512);
     let protocol_options: Vec<&str> = params
         .iter()
@@ -259,7 +348,7 @@ async fn login_inner(
     } else if let Some(server) = &server {
         cancel.hold(server.cancel_target());
     }
-    Ok(Some(LoggedIn {
+    Ok(LoggedIn {
         peer: SocketAddr::from(([0, 0, 0, 0], 0)),
         user,
         database,
@@ -269,7 +358,7 @@ async fn login_inner(
         client_id,
         cancel_key,
         cancel,
-    }))
+    })
 }
 
 /// The error a client sees when no server connection could be had.

@@ -17,8 +17,6 @@
 use bytes::{Bytes, BytesMut};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 
 use super::login::{checkout_error, server_error, LoggedIn};
 use super::outq::OutQueue;
@@ -27,6 +25,7 @@ use super::tracker::{Tracker, Verdict};
 use crate::config::PoolMode;
 use crate::pool::pools::{discard, PooledServer};
 use crate::proxy::Shared;
+use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::wire::frame::{peek_header, read_cstr, HEADER_LEN};
 use crate::wire::messages::ProxyError;
 
@@ -121,8 +120,8 @@ pub(super) struct Session<'a> {
     pub(super) login: LoggedIn,
     pub(super) mode: PoolMode,
     max_message: usize,
-    client_rd: OwnedReadHalf,
-    client_wr: OwnedWriteHalf,
+    client_rd: ReadHalf,
+    client_wr: WriteHalf,
     pub(super) client_in: BytesMut,
     pub(super) to_client: OutQueue,
     pub(super) to_server: OutQueue,
@@ -147,8 +146,8 @@ pub(super) struct Session<'a> {
 }
 
 /// Serves a logged-in client until it leaves, then cleans up.
-pub async fn run(stream: TcpStream, pending: BytesMut, login: LoggedIn, shared: &Shared) {
-    let (client_rd, client_wr) = stream.into_split();
+pub async fn run(stream: Stream, pending: BytesMut, login: LoggedIn, shared: &Shared) {
+    let (client_rd, client_wr) = stream.split();
     let mut login = login;
     let server = login.server.take();
     let mut session = Session {
@@ -190,7 +189,7 @@ fn idle_timer(p: &crate::config::ProxyConfig) -> Option<IdleTimer> {
 }
 
 async fn read_server(
-    rd: Option<&mut OwnedReadHalf>,
+    rd: Option<&mut ReadHalf>,
     buf: Option<&mut BytesMut>,
 ) -> std::io::Result<usize> {
     match (rd, buf) {
@@ -204,10 +203,7 @@ async fn read_server(
     }
 }
 
-async fn write_server(
-    queue: &mut OutQueue,
-    wr: Option<&mut OwnedWriteHalf>,
-) -> std::io::Result<()> {
+async fn write_server(queue: &mut OutQueue, wr: Option<&mut WriteHalf>) -> std::io::Result<()> {
     match wr {
         Some(wr) => queue.write_some(wr).await,
         None => std::future::pending().await,

@@ -45,7 +45,14 @@ pub(super) fn apply_overrides(
 
 /// The keys of `[proxy]`, read off the defaults so the list cannot drift.
 fn known_keys() -> Vec<String> {
-    match toml::Value::try_from(ProxyConfig::default()) {
+    // Optional keys are left out when unset, so set them for the listing.
+    let all = ProxyConfig {
+        tls_cert_file: Some(Default::default()),
+        tls_key_file: Some(Default::default()),
+        server_tls_ca_file: Some(Default::default()),
+        ..ProxyConfig::default()
+    };
+    match toml::Value::try_from(all) {
         Ok(toml::Value::Table(t)) => t.keys().cloned().collect(),
         _ => Vec::new(),
     }
@@ -70,6 +77,7 @@ mod tests {
         let keys = known_keys();
         assert!(keys.iter().any(|k| k == "listen"));
         assert!(keys.iter().any(|k| k == "pool_size"));
+        assert!(keys.iter().any(|k| k == "tls_cert_file"));
     }
 
     #[test]

@@ -81,6 +81,19 @@ pub struct ProxyConfig {
     /// Pooled prepared statements kept per server connection (transaction
     /// mode); beyond it the least recently used is closed.
     pub max_prepared_statements: u32,
+    /// PEM certificate chain offered to clients that ask for TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for `tls_cert_file`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Refuse clients that do not use TLS (28000).
+    pub tls_require: bool,
+    /// TLS towards servers: disable, prefer, require, verify-ca, verify-full.
+    pub server_tls_mode: crate::tls::ServerTlsMode,
+    /// CA certificates (PEM) for verify-ca and verify-full.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_tls_ca_file: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -103,6 +116,11 @@ impl Default for ProxyConfig {
             auth_type: AuthType::ScramSha256,
             server_reset_query: "DISCARD ALL".into(),
             max_prepared_statements: 250,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_require: false,
+            server_tls_mode: crate::tls::ServerTlsMode::Prefer,
+            server_tls_ca_file: None,
         }
     }
 }
@@ -262,6 +280,27 @@ impl Config {
         if p.query_wait_timeout.0.is_zero() {
             return Err(("proxy.query_wait_timeout".into(), "must be above 0".into()));
         }
+        match (&p.tls_cert_file, &p.tls_key_file) {
+            (Some(cert), Some(key)) => {
+                crate::tls::acceptor(cert, key)
+                    .map_err(|e| ("proxy.tls_cert_file".to_string(), e.to_string()))?;
+            }
+            (None, None) if p.tls_require => {
+                return Err((
+                    "proxy.tls_require".into(),
+                    "needs tls_cert_file and tls_key_file".into(),
+                ));
+            }
+            (None, None) => {}
+            _ => {
+                return Err((
+                    "proxy.tls_key_file".into(),
+                    "set both tls_cert_file and tls_key_file, or neither".into(),
+                ))
+            }
+        }
+        crate::tls::connector(p.server_tls_mode, p.server_tls_ca_file.as_deref())
+            .map_err(|e| ("proxy.server_tls_mode".to_string(), e.to_string()))?;
         if self.users.is_empty() {
             return Err((
                 "users".into(),

@@ -370,6 +370,31 @@ impl LocalCluster {
         check(&format!("psql -c {sql}"), out)
     }
 
+    /// Turns on TLS on the leader with the given PEM certificate and key.
+    pub fn enable_leader_tls(&self, cert_pem: &str, key_pem: &str) -> Result<(), ClusterError> {
+        use std::os::unix::fs::PermissionsExt;
+        for (name, text) in [("server.crt", cert_pem), ("server.key", key_pem)] {
+            let path = self.leader.data_dir.join(name);
+            std::fs::write(&path, text).map_err(io(format!("write {}", path.display())))?;
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(io("chmod server key"))?;
+            if let Some((uid, gid)) = self.run_as {
+                std::os::unix::fs::chown(&path, Some(uid), Some(gid))
+                    .map_err(io("chown server key"))?;
+            }
+        }
+        self.psql(self.leader.port, "postgres", "ALTER SYSTEM SET ssl = on")?;
+        self.psql(self.leader.port, "postgres", "SELECT pg_reload_conf()")?;
+        // The reload is asynchronous; wait until new sessions see it.
+        for _ in 0..100 {
+            if self.psql(self.leader.port, "postgres", "SHOW ssl")?.trim() == "on" {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(ClusterError::Timeout("ssl = on did not take effect".into()))
+    }
+
     /// Stops every server (immediate shutdown) and removes the directory.
     pub fn stop(&mut self) {
         if self.stopped {

@@ -91,13 +91,15 @@ pub enum CheckoutError {
 }
 
 /// Pool sizes and timeouts shared by every pool.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct PoolSettings {
     pub pool_size: usize,
     pub query_wait_timeout: Duration,
     pub connect_timeout: Duration,
     pub idle_timeout: Option<Duration>,
     pub lifetime: Option<Duration>,
+    /// TLS towards servers, with the mode it was built for.
+    pub tls: Option<(tokio_rustls::TlsConnector, crate::tls::ServerTlsMode)>,
 }
 
 #[derive(Hash, PartialEq, Eq, Clone)]
@@ -141,6 +143,7 @@ impl Pools {
                 database: key.database.clone(),
                 password: password.into(),
                 connect_timeout: s.connect_timeout,
+                tls: s.tls.clone(),
             },
             lifetime: s.lifetime,
             startup_params: Mutex::new(None),

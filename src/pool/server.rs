@@ -11,8 +11,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
+
+use crate::stream::{ReadHalf, Stream, WriteHalf};
+use crate::tls::ServerTlsMode;
 
 use crate::wire::messages::parse_error_fields;
 
@@ -25,6 +27,8 @@ pub struct ServerSpec {
     pub database: Arc<str>,
     pub password: Arc<str>,
     pub connect_timeout: Duration,
+    /// TLS towards the server, with the mode it was built for.
+    pub tls: Option<(tokio_rustls::TlsConnector, ServerTlsMode)>,
 }
 
 /// Why a server connection could not be opened or used.
@@ -139,8 +143,8 @@ impl Prepared {
 
 /// An authenticated server connection, idle or in use by one client.
 pub struct ServerConn {
-    pub rd: OwnedReadHalf,
-    pub wr: OwnedWriteHalf,
+    pub rd: ReadHalf,
+    pub wr: WriteHalf,
     /// Bytes read from the server and not yet handled.
     pub rbuf: BytesMut,
     pub addr: Arc<str>,
@@ -180,9 +184,9 @@ impl ServerConn {
             addr: spec.addr.clone(),
             source,
         };
-        let stream = TcpStream::connect(&*spec.addr).await.map_err(io)?;
-        stream.set_nodelay(true).map_err(io)?;
-        let (rd, wr) = stream.into_split();
+        let tcp = TcpStream::connect(&*spec.addr).await.map_err(io)?;
+        tcp.set_nodelay(true).map_err(io)?;
+        let (rd, wr) = Self::negotiate_tls(tcp, spec).await?.split();
         let mut conn = ServerConn {
             rd,
             wr,
@@ -208,6 +212,46 @@ impl ServerConn {
         conn.read_until_ready().await?;
         conn.defaults = conn.params.clone();
         Ok(conn)
+    }
+
+    /// Asks for TLS as `server_tls_mode` says (SSLRequest, then the
+    /// handshake on 'S'); a server answering 'N' is fine only for prefer.
+    async fn negotiate_tls(mut tcp: TcpStream, spec: &ServerSpec) -> Result<Stream, ServerError> {
+        let Some((connector, mode)) = &spec.tls else {
+            return Ok(Stream::Plain(tcp));
+        };
+        let io = |source| ServerError::Io {
+            addr: spec.addr.clone(),
+            source,
+        };
+        let protocol = |problem: String| ServerError::Protocol {
+            addr: spec.addr.clone(),
+            problem,
+        };
+        tcp.write_all(&[0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f])
+            .await
+            .map_err(io)?;
+        let mut answer = [0u8; 1];
+        tcp.read_exact(&mut answer).await.map_err(io)?;
+        match answer[0] {
+            b'S' => {
+                let host = spec.addr.rsplit_once(':').map_or(&*spec.addr, |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                let name = crate::tls::server_name(host).map_err(|e| protocol(e.to_string()))?;
+                let tls = connector
+                    .connect(name, tcp)
+                    .await
+                    .map_err(|e| protocol(format!("TLS handshake failed: {e}")))?;
+                Ok(Stream::Connected(Box::new(tls)))
+            }
+            b'N' if *mode == ServerTlsMode::Prefer => Ok(Stream::Plain(tcp)),
+            b'N' => Err(protocol(format!(
+                "server does not support TLS, but server_tls_mode is {mode:?}"
+            ))),
+            other => Err(protocol(format!(
+                "unexpected answer {other:#x} to SSLRequest"
+            ))),
+        }
     }
 
     fn protocol(&self, problem: impl Into<String>) -> ServerError {
