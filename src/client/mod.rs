@@ -5,6 +5,8 @@
 //! (write queues).
 
 pub mod auth;
+pub mod close;
+pub mod idle;
 pub mod login;
 pub mod outq;
 pub mod params;

@@ -18,6 +18,8 @@ use bytes::{Bytes, BytesMut};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 
+pub use super::close::CloseReason;
+use super::idle::{idle_check, IdleKind, IdleTimer};
 use super::login::{checkout_error, server_error, LoggedIn};
 use super::outq::OutQueue;
 use super::statements::ClientStatements;
@@ -42,43 +44,6 @@ const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the reset query may take before the server is closed instead.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Why a session ended; logged now, counted by metrics later.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// The client sent Terminate.
-    ClientTerminate,
-    /// The client closed its socket.
-    ClientClosed,
-    /// Reading from or writing to the client failed.
-    ClientIo,
-    /// The server connection failed or closed mid-use.
-    ServerLost,
-    /// The client broke the protocol (bad length, unknown message type,
-    /// message above max_message_size).
-    ProtocolViolation,
-    /// No server connection could be had (wait timeout, connect failure).
-    NoServer,
-    /// Idle between transactions longer than client_idle_timeout.
-    ClientIdleTimeout,
-    /// Idle inside a transaction longer than idle_transaction_timeout.
-    IdleInTransactionTimeout,
-}
-
-impl CloseReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CloseReason::ClientTerminate => "client_terminate",
-            CloseReason::ClientClosed => "client_closed",
-            CloseReason::ClientIo => "client_io_error",
-            CloseReason::ServerLost => "server_lost",
-            CloseReason::ProtocolViolation => "protocol_violation",
-            CloseReason::NoServer => "no_server",
-            CloseReason::ClientIdleTimeout => "client_idle_timeout",
-            CloseReason::IdleInTransactionTimeout => "idle_transaction_timeout",
-        }
-    }
-}
-
 enum Flow {
     Continue,
     Terminate,
@@ -97,22 +62,6 @@ enum Event {
     ClientWritten(std::io::Result<()>),
     ServerWritten(std::io::Result<()>),
     IdleCheck,
-}
-
-/// The idle timeouts of one session. The timer is not reset on every
-/// message: when it fires, the session compares the time since the client
-/// last sent anything with the limit that applies now, and re-arms.
-struct IdleTimer {
-    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
-    client_idle: Option<Duration>,
-    in_transaction: Option<Duration>,
-}
-
-async fn idle_check(timer: &mut Option<IdleTimer>) {
-    match timer {
-        Some(t) => t.sleep.as_mut().await,
-        None => std::future::pending().await,
-    }
 }
 
 pub(super) struct Session<'a> {
@@ -168,24 +117,12 @@ pub async fn run(stream: Stream, pending: BytesMut, login: LoggedIn, shared: &Sh
         skip_to_sync: false,
         scratch: BytesMut::new(),
         last_activity: Instant::now(),
-        idle: idle_timer(&shared.config.proxy),
+        idle: IdleTimer::new(&shared.config.proxy),
     };
     let reason = session.serve().await;
     session.finish(reason).await;
     shared.cancels.unregister(session.login.cancel_key);
     tracing::info!(client = %session.login.peer, user = %session.login.user.config.name, reason = reason.as_str(), "client connection closed");
-}
-
-fn idle_timer(p: &crate::config::ProxyConfig) -> Option<IdleTimer> {
-    let nonzero = |d: Duration| (!d.is_zero()).then_some(d);
-    let client_idle = nonzero(p.client_idle_timeout.0);
-    let in_transaction = nonzero(p.idle_transaction_timeout.0);
-    let first = client_idle.into_iter().chain(in_transaction).min()?;
-    Some(IdleTimer {
-        sleep: Box::pin(tokio::time::sleep(first)),
-        client_idle,
-        in_transaction,
-    })
 }
 
 async fn read_server(
@@ -276,47 +213,34 @@ impl Session<'_> {
     async fn check_idle(&mut self) -> Option<CloseReason> {
         let waiting_on_client = self.to_server.is_empty() && self.tracker.is_idle();
         let status = self.server.as_ref().map(|s| s.status);
+        let pinned = self.pinned;
         let timer = self.idle.as_mut()?;
-        let limit = match status {
-            None => timer
-                .client_idle
-                .map(|d| (d, CloseReason::ClientIdleTimeout)),
-            Some(b'T' | b'E') if waiting_on_client => timer
-                .in_transaction
-                .map(|d| (d, CloseReason::IdleInTransactionTimeout)),
-            Some(_) if waiting_on_client && self.pinned => timer
-                .client_idle
-                .map(|d| (d, CloseReason::ClientIdleTimeout)),
-            Some(_) => None,
-        };
-        let now = tokio::time::Instant::now();
+        let limit = timer.limit(status, waiting_on_client, pinned);
         let idle_for = self.last_activity.elapsed();
         match limit {
-            Some((d, reason)) if idle_for >= d => {
-                let error = match reason {
-                    CloseReason::ClientIdleTimeout => ProxyError::fatal(
-                        "57P05",
-                        "terminating connection due to idle-session timeout (client_idle_timeout)",
+            Some((d, kind)) if idle_for >= d => {
+                let (reason, error) = match kind {
+                    IdleKind::Session => (
+                        CloseReason::ClientIdleTimeout,
+                        ProxyError::fatal("57P05", "terminating connection due to idle-session timeout (client_idle_timeout)"),
                     ),
-                    _ => ProxyError::fatal(
-                        "25P03",
-                        "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",
+                    IdleKind::InTransaction => (
+                        CloseReason::IdleInTransactionTimeout,
+                        ProxyError::fatal(
+                            "25P03",
+                            "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",
+                        ),
                     ),
                 };
                 self.farewell(error).await;
                 Some(reason)
             }
             Some((d, _)) => {
-                timer.sleep.as_mut().reset(now + (d - idle_for));
+                timer.rearm(d - idle_for);
                 None
             }
             None => {
-                let recheck = timer
-                    .client_idle
-                    .into_iter()
-                    .chain(timer.in_transaction)
-                    .min()?;
-                timer.sleep.as_mut().reset(now + recheck);
+                timer.rearm(timer.shortest());
                 None
             }
         }
@@ -553,9 +477,6 @@ impl Session<'_> {
                 while let Some(due) = self.tracker.take_due() {
                     self.to_client.push(due.encode(server.status));
                 }
-            }
-            if header.tag == b'Z' {
-                tracing::trace!(status = %(server.status as char), idle = self.tracker.is_idle(), pinned = self.pinned, queued = self.to_server.len(), tracker = ?self.tracker, "ReadyForQuery");
             }
             if header.tag == b'Z'
                 && self.mode == PoolMode::Transaction

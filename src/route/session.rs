@@ -86,7 +86,9 @@ fn word(sql: &str, t: Option<&Token>) -> Option<String> {
         Kind::Word => Some(t.text(sql).to_ascii_lowercase()),
         Kind::QuotedIdent => {
             let text = t.text(sql);
-            Some(text[1..text.len().saturating_sub(1).max(1)].replace("\"\"", "\""))
+            let inner = text.strip_prefix('"').unwrap_or(text);
+            let inner = inner.strip_suffix('"').unwrap_or(inner);
+            Some(inner.replace("\"\"", "\""))
         }
         _ => None,
     }
@@ -310,6 +312,19 @@ mod tests {
         assert!(fx("DECLARE c CURSOR FOR SELECT 1").is_empty());
         assert!(fx("SELECT pg_advisory_xact_lock(1)").is_empty());
         assert!(fx("SELECT 'set_config('").is_empty());
+    }
+
+    #[test]
+    fn unterminated_quoted_names_with_multibyte_text() {
+        // Found by the sql fuzz target: slicing inside a UTF-8 character.
+        let _ = fx("SET \".\u{7b8}");
+        let _ = fx("DEALLOCATE \"\u{7b8}");
+        assert_eq!(
+            fx("DEALLOCATE \"\u{e9}t\u{e9}\""),
+            vec![Effect::Deallocate {
+                name: "\u{e9}t\u{e9}".into()
+            }]
+        );
     }
 
     #[test]

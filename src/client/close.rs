@@ -1,0 +1,62 @@
+//! Why a client connection ended: one typed reason that feeds the close
+//! log line now and the close counters of the metrics later.
+
+/// Why a session ended; logged now, counted by metrics later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The client sent Terminate.
+    ClientTerminate,
+    /// The client closed its socket.
+    ClientClosed,
+    /// Reading from or writing to the client failed.
+    ClientIo,
+    /// The server connection failed or closed mid-use.
+    ServerLost,
+    /// The client broke the protocol (bad length, unknown message type,
+    /// message above max_message_size).
+    ProtocolViolation,
+    /// No server connection could be had (wait timeout, connect failure).
+    NoServer,
+    /// Idle between transactions longer than client_idle_timeout.
+    ClientIdleTimeout,
+    /// Idle inside a transaction longer than idle_transaction_timeout.
+    IdleInTransactionTimeout,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::ClientTerminate => "client_terminate",
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::ClientIo => "client_io_error",
+            CloseReason::ServerLost => "server_lost",
+            CloseReason::ProtocolViolation => "protocol_violation",
+            CloseReason::NoServer => "no_server",
+            CloseReason::ClientIdleTimeout => "client_idle_timeout",
+            CloseReason::IdleInTransactionTimeout => "idle_transaction_timeout",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reasons_have_distinct_names() {
+        let all = [
+            CloseReason::ClientTerminate,
+            CloseReason::ClientClosed,
+            CloseReason::ClientIo,
+            CloseReason::ServerLost,
+            CloseReason::ProtocolViolation,
+            CloseReason::NoServer,
+            CloseReason::ClientIdleTimeout,
+            CloseReason::IdleInTransactionTimeout,
+        ];
+        let mut names: Vec<&str> = all.iter().map(|r| r.as_str()).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), all.len());
+    }
+}
