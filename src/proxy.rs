@@ -30,6 +30,9 @@ pub struct Shared {
     pub topology: TopologyWatch,
     /// Clients connected right now (counted from accept to close).
     pub clients: AtomicUsize,
+    /// Clients pinned to their server by session state pgsplit cannot
+    /// carry (transaction mode), since start.
+    pub pins: AtomicU64,
     next_client_id: AtomicU64,
 }
 
@@ -101,6 +104,7 @@ impl Proxy {
             tls_acceptor,
             topology: topology_rx,
             clients: AtomicUsize::new(0),
+            pins: AtomicU64::new(0),
             next_client_id: AtomicU64::new(1),
         });
         let stop = CancellationToken::new();
@@ -168,9 +172,45 @@ async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) 
     let count = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
     let _slot = ClientSlot(&shared.clients);
     let over_limit = count > shared.config.proxy.max_client_connections as usize;
-    let Some((stream, pending, ready)) = login::login(stream, peer, &shared, over_limit).await
-    else {
+    // Boxed: login's future is large and needed once; every idle client's
+    // task would otherwise carry its space for the whole session.
+    let login = Box::pin(login::login(stream, peer, &shared, over_limit));
+    let Some(admitted) = login.await else {
         return;
     };
-    session::run(stream, pending, ready, &shared).await;
+    session::run(admitted, &shared).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every idle client is one task; its future's size is memory per
+    /// client, so it must stay small (big inner futures are boxed).
+    #[tokio::test]
+    async fn client_task_is_small() {
+        let config = Config::parse(
+            "[[users]]\nname='a'\npassword='b'\n[[clusters]]\nname='m'\n[clusters.discovery]\nkind='static'\nleader='127.0.0.1:1'\n",
+            "t",
+            std::iter::empty(),
+        )
+        .unwrap();
+        let proxy = Proxy::start(Config {
+            proxy: crate::config::ProxyConfig {
+                listen: "127.0.0.1:0".into(),
+                ..config.proxy.clone()
+            },
+            ..config
+        })
+        .await
+        .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let _client = TcpStream::connect(addr).await.unwrap();
+        let (stream, peer) = listener.accept().await.unwrap();
+        let task = serve_client(stream, peer, proxy.shared().clone());
+        let size = std::mem::size_of_val(&task);
+        println!("client task future: {size} bytes");
+        assert!(size <= 2560, "client task future is {size} bytes");
+    }
 }

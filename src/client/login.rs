@@ -28,11 +28,19 @@ pub struct LoggedIn {
     pub database: String,
     pub params: ClientParams,
     pub pool: ServerPool,
-    /// The login server, kept in session mode.
-    pub server: Option<PooledServer>,
     pub client_id: u64,
     pub cancel_key: CancelKey,
     pub cancel: Arc<CancelSlot>,
+}
+
+/// A client past login, handed to its session.
+pub struct Admitted {
+    pub stream: Stream,
+    /// Bytes the client sent after its last login message.
+    pub pending: BytesMut,
+    pub login: LoggedIn,
+    /// The login server, kept in session mode.
+    pub server: Option<PooledServer>,
 }
 
 /// What the plaintext (or, after an upgrade, encrypted) startup phase ended with.
@@ -54,7 +62,7 @@ pub async fn login(
     peer: SocketAddr,
     shared: &Shared,
     over_limit: bool,
-) -> Option<(Stream, BytesMut, LoggedIn)> {
+) -> Option<Admitted> {
     let deadline = Instant::now() + shared.config.proxy.client_login_timeout.0;
     let mut buf = BytesMut::with_capacity(1024);
     let mut tcp = tcp;
@@ -97,10 +105,15 @@ pub async fn login(
         Err(e) => Err(e),
     };
     let err = match outcome {
-        Ok(mut ready) => {
+        Ok((mut ready, server)) => {
             ready.peer = peer;
             tracing::info!(client = %peer, user = %ready.user.config.name, database = %ready.database, tls = stream.is_tls(), "client logged in");
-            return Some((stream, buf, ready));
+            return Some(Admitted {
+                stream,
+                pending: buf,
+                login: ready,
+                server,
+            });
         }
         Err(e) => e,
     };
@@ -230,7 +243,7 @@ async fn finish_login(
     params: Vec<(String, String)>,
     shared: &Shared,
     over_limit: bool,
-) -> Result<LoggedIn, ProxyError> {
+) -> Result<(LoggedIn, Option<PooledServer>), ProxyError> {
     if shared.config.proxy.tls_require && !stream.is_tls() {
         return Err(ProxyError::fatal(
             "28000",
@@ -348,17 +361,17 @@ async fn finish_login(
     } else if let Some(server) = &server {
         cancel.hold(server.cancel_target());
     }
-    Ok(LoggedIn {
+    let login = LoggedIn {
         peer: SocketAddr::from(([0, 0, 0, 0], 0)),
         user,
         database,
         params: client_params,
         pool,
-        server,
         client_id,
         cancel_key,
         cancel,
-    })
+    };
+    Ok((login, server))
 }
 
 /// The error a client sees when no server connection could be had.

@@ -36,13 +36,18 @@ impl OutQueue {
     }
 
     /// Writes once (cancel-safe: nothing is lost if the future is dropped).
+    /// The I/O slices are built inside each poll, so the future itself
+    /// stays a few words large.
     pub async fn write_some<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
-        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-        let n = self.chunks.len().min(MAX_SLICES);
-        for (slot, chunk) in slices.iter_mut().zip(self.chunks.iter()) {
-            *slot = IoSlice::new(chunk);
-        }
-        let written = w.write_vectored(&slices[..n]).await?;
+        let written = std::future::poll_fn(|cx| {
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let n = self.chunks.len().min(MAX_SLICES);
+            for (slot, chunk) in slices.iter_mut().zip(self.chunks.iter()) {
+                *slot = IoSlice::new(chunk);
+            }
+            std::pin::Pin::new(&mut *w).poll_write_vectored(cx, &slices[..n])
+        })
+        .await?;
         if written == 0 && self.len > 0 {
             return Err(std::io::ErrorKind::WriteZero.into());
         }

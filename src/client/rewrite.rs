@@ -103,6 +103,9 @@ impl Session<'_> {
     fn pin(&mut self, reason: &str) {
         if !self.pinned {
             tracing::debug!(client = %self.login.peer, reason, "client pinned to its server");
+            self.shared
+                .pins
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.pinned = true;
         }
     }

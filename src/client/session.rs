@@ -20,14 +20,14 @@ use tokio::io::AsyncReadExt;
 
 pub use super::close::CloseReason;
 use super::idle::{idle_check, IdleKind, IdleTimer};
-use super::login::{checkout_error, server_error, LoggedIn};
+use super::login::{checkout_error, server_error, Admitted, LoggedIn};
 use super::outq::OutQueue;
 use super::statements::ClientStatements;
 use super::tracker::{Tracker, Verdict};
 use crate::config::PoolMode;
 use crate::pool::pools::{discard, PooledServer};
 use crate::proxy::Shared;
-use crate::stream::{ReadHalf, Stream, WriteHalf};
+use crate::stream::{ReadHalf, WriteHalf};
 use crate::wire::frame::{peek_header, read_cstr, HEADER_LEN};
 use crate::wire::messages::ProxyError;
 
@@ -95,10 +95,19 @@ pub(super) struct Session<'a> {
 }
 
 /// Serves a logged-in client until it leaves, then cleans up.
-pub async fn run(stream: Stream, pending: BytesMut, login: LoggedIn, shared: &Shared) {
+pub async fn run(admitted: Admitted, shared: &Shared) {
+    let Admitted {
+        stream,
+        pending,
+        login,
+        server,
+    } = admitted;
     let (client_rd, client_wr) = stream.split();
-    let mut login = login;
-    let server = login.server.take();
+    let pending = if pending.is_empty() {
+        BytesMut::new()
+    } else {
+        pending
+    };
     let mut session = Session {
         shared,
         mode: shared.config.proxy.pool_mode,
@@ -120,9 +129,31 @@ pub async fn run(stream: Stream, pending: BytesMut, login: LoggedIn, shared: &Sh
         idle: IdleTimer::new(&shared.config.proxy),
     };
     let reason = session.serve().await;
-    session.finish(reason).await;
+    Box::pin(session.finish(reason)).await;
     shared.cancels.unregister(session.login.cancel_key);
     tracing::info!(client = %session.login.peer, user = %session.login.user.config.name, reason = reason.as_str(), "client connection closed");
+}
+
+/// Reads from the client. A plain TCP client is first awaited until
+/// readable and only then given buffer room, so an idle client holds no
+/// read buffer at all.
+async fn read_client(rd: &mut ReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
+    if let ReadHalf::Plain(tcp) = rd {
+        loop {
+            tcp.readable().await?;
+            if buf.capacity() - buf.len() < READ_LOW {
+                buf.reserve(READ_RESERVE);
+            }
+            match tcp.try_read_buf(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return other,
+            }
+        }
+    }
+    if buf.capacity() - buf.len() < READ_LOW {
+        buf.reserve(READ_RESERVE);
+    }
+    rd.read_buf(buf).await
 }
 
 async fn read_server(
@@ -157,9 +188,6 @@ impl Session<'_> {
             }
         }
         loop {
-            if self.client_in.capacity() - self.client_in.len() < READ_LOW {
-                self.client_in.reserve(READ_RESERVE);
-            }
             let event = {
                 let can_read_client = self.to_server.len() < HIGH_WATER;
                 let can_read_server = self.to_client.len() < HIGH_WATER;
@@ -170,7 +198,7 @@ impl Session<'_> {
                     None => (None, None, None),
                 };
                 tokio::select! {
-                    r = self.client_rd.read_buf(&mut self.client_in), if can_read_client => Event::ClientRead(r),
+                    r = read_client(&mut self.client_rd, &mut self.client_in), if can_read_client => Event::ClientRead(r),
                     r = read_server(srd, sbuf), if can_read_server => Event::ServerRead(r),
                     r = self.to_client.write_some(&mut self.client_wr), if can_write_client => Event::ClientWritten(r),
                     r = write_server(&mut self.to_server, swr), if can_write_server => Event::ServerWritten(r),
@@ -179,7 +207,7 @@ impl Session<'_> {
             };
             match event {
                 Event::IdleCheck => {
-                    if let Some(reason) = self.check_idle().await {
+                    if let Some(reason) = Box::pin(self.check_idle()).await {
                         return reason;
                     }
                 }
@@ -190,15 +218,15 @@ impl Session<'_> {
                     Err(reason) => return reason,
                 },
                 Event::ServerRead(Ok(0)) => {
-                    return self.server_lost("server closed the connection").await
+                    return self.lose_server("server closed the connection").await
                 }
                 Event::ServerRead(Ok(_)) => match self.on_server_data() {
                     Ok(true) => self.release_server().await,
                     Ok(false) => {}
-                    Err(problem) => return self.server_lost(problem).await,
+                    Err(problem) => return self.lose_server(problem).await,
                 },
                 Event::ServerRead(Err(e)) | Event::ServerWritten(Err(e)) => {
-                    return self.server_lost(&e.to_string()).await
+                    return self.lose_server(&e.to_string()).await
                 }
                 Event::ClientRead(Err(_)) | Event::ClientWritten(Err(_)) => {
                     return CloseReason::ClientIo
@@ -304,7 +332,9 @@ impl Session<'_> {
             if self.server.is_none() {
                 // A server is held while earlier messages of this batch are
                 // queued, so `ready` is 0 here.
-                if let Acquired::Cancelled = self.acquire_server().await? {
+                // Boxed: the pool's wait future is several KiB, and every
+                // idle client's task would otherwise carry that space.
+                if let Acquired::Cancelled = Box::pin(self.acquire_server()).await? {
                     self.cancelled_while_waiting(header.tag);
                     continue;
                 }
@@ -510,13 +540,31 @@ impl Session<'_> {
     }
 
     /// Gives the server back to the pool, after any cancel aimed at it has
-    /// been delivered.
+    /// been delivered, and lets go of buffers an idle client does not need.
     async fn release_server(&mut self) {
         self.login.cancel.release().await;
         self.server = None;
+        self.drop_idle_buffers();
     }
 
-    /// The server failed mid-use: close it and tell the client.
+    /// An idle client keeps no buffer: the read buffer and the rewrite
+    /// scratch space are freed when empty (they are shared with messages
+    /// still queued, which keep their own bytes alive).
+    fn drop_idle_buffers(&mut self) {
+        if self.client_in.is_empty() && self.client_in.capacity() > 0 {
+            self.client_in = BytesMut::new();
+        }
+        if self.scratch.capacity() > 0 {
+            self.scratch = BytesMut::new();
+        }
+    }
+
+    /// The server failed mid-use: close it and tell the client. Rare, so
+    /// boxed.
+    async fn lose_server(&mut self, problem: &str) -> CloseReason {
+        Box::pin(self.server_lost(problem)).await
+    }
+
     async fn server_lost(&mut self, problem: &str) -> CloseReason {
         if let Some(server) = self.server.take() {
             let addr = server.addr.clone();
@@ -529,8 +577,13 @@ impl Session<'_> {
         CloseReason::ServerLost
     }
 
-    /// Sends a last error, with whatever was queued before it.
+    /// Sends a last error, with whatever was queued before it. Rare, so
+    /// its future is boxed rather than carried in every client's task.
     async fn farewell(&mut self, error: ProxyError) {
+        Box::pin(self.farewell_inner(error)).await
+    }
+
+    async fn farewell_inner(&mut self, error: ProxyError) {
         self.to_client.push(error.to_bytes());
         let _ = tokio::time::timeout(
             FAREWELL_TIMEOUT,
