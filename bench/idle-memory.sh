@@ -52,4 +52,4 @@ PY
 
 printf '\n| pooler | idle clients | RSS before KiB | RSS after KiB | bytes per idle client |\n|---|---:|---:|---:|---:|\n'
 measure pgsplit "$SPLIT_PORT" "$SPLIT_PID"
-measure PgBouncer "$BOUNCER_PORT" "$BOUNCER_PID"
+[ "${ONLY:-}" = pgsplit ] || measure PgBouncer "$BOUNCER_PORT" "$BOUNCER_PID"

@@ -14,7 +14,9 @@ need_pgbouncer() {
     PGBOUNCER=$(command -v pgbouncer || echo /usr/sbin/pgbouncer)
 }
 
-as_pg() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi; }
+# Runs a command as the postgres OS user when we are root. setpriv, unlike
+# runuser, keeps the raised open-files limit (no PAM session).
+as_pg() { if [ "$(id -u)" = 0 ]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi; }
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 cleanup() {
@@ -69,7 +71,7 @@ name = "bench"
 kind = "static"
 leader = "127.0.0.1:$PG_PORT"
 CONF
-    RUST_LOG=warn "$ROOT/target/release/pgsplit" --config "$WORK/pgsplit-$1.toml" >"$WORK/pgsplit-$1.log" 2>&1 &
+    RUST_LOG=warn ${PGSPLIT_ENV:-} "$ROOT/target/release/pgsplit" --config "$WORK/pgsplit-$1.toml" >"$WORK/pgsplit-$1.log" 2>&1 &
     SPLIT_PID=$!
     PIDS+=("$SPLIT_PID")
 }

@@ -211,6 +211,6 @@ mod tests {
         let task = serve_client(stream, peer, proxy.shared().clone());
         let size = std::mem::size_of_val(&task);
         println!("client task future: {size} bytes");
-        assert!(size <= 2560, "client task future is {size} bytes");
+        assert!(size <= 1024, "client task future is {size} bytes");
     }
 }

@@ -95,7 +95,13 @@ pub(super) struct Session<'a> {
 }
 
 /// Serves a logged-in client until it leaves, then cleans up.
-pub async fn run(admitted: Admitted, shared: &Shared) {
+/// Serves a logged-in client until it leaves, then cleans up. The session
+/// is built before the returned future exists, so the client's task holds
+/// it once rather than also keeping the login hand-over alongside.
+pub fn run<'a>(
+    admitted: Admitted,
+    shared: &'a Shared,
+) -> impl std::future::Future<Output = ()> + Send + 'a {
     let Admitted {
         stream,
         pending,
@@ -108,7 +114,9 @@ pub async fn run(admitted: Admitted, shared: &Shared) {
     } else {
         pending
     };
-    let mut session = Session {
+    // Boxed: async fn arguments are stored twice in the future (once as
+    // the argument, once as the local), so pass a pointer, not the struct.
+    let session = Box::new(Session {
         shared,
         mode: shared.config.proxy.pool_mode,
         max_message: shared.config.proxy.max_message_size.0,
@@ -127,11 +135,8 @@ pub async fn run(admitted: Admitted, shared: &Shared) {
         scratch: BytesMut::new(),
         last_activity: Instant::now(),
         idle: IdleTimer::new(&shared.config.proxy),
-    };
-    let reason = session.serve().await;
-    Box::pin(session.finish(reason)).await;
-    shared.cancels.unregister(session.login.cancel_key);
-    tracing::info!(client = %session.login.peer, user = %session.login.user.config.name, reason = reason.as_str(), "client connection closed");
+    });
+    session.run()
 }
 
 /// Reads from the client. A plain TCP client is first awaited until
@@ -179,6 +184,13 @@ async fn write_server(queue: &mut OutQueue, wr: Option<&mut WriteHalf>) -> std::
 }
 
 impl Session<'_> {
+    async fn run(mut self: Box<Self>) {
+        let reason = self.serve().await;
+        Box::pin(self.finish(reason)).await;
+        self.shared.cancels.unregister(self.login.cancel_key);
+        tracing::info!(client = %self.login.peer, user = %self.login.user.config.name, reason = reason.as_str(), "client connection closed");
+    }
+
     async fn serve(&mut self) -> CloseReason {
         if !self.client_in.is_empty() {
             match self.on_client_data().await {
