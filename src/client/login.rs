@@ -11,6 +11,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::auth::User;
+use super::close::CloseReason;
 use super::params::ClientParams;
 use crate::config::PoolMode;
 use crate::pool::cancel::{CancelKey, CancelSlot};
@@ -117,7 +118,8 @@ pub async fn login(
         }
         Err(e) => e,
     };
-    tracing::info!(client = %peer, reason = %err, "client login refused");
+    let reason = CloseReason::for_login(&err.code, Instant::now() >= deadline);
+    tracing::info!(client = %peer, reason = reason.as_str(), error = %err, "client login refused");
     let _ = stream.write_all(&err.to_bytes()).await;
     None
 }

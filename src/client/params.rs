@@ -238,6 +238,21 @@ impl ClientParams {
         self.version += 1;
     }
 
+    /// Whether anything on `server` differs from what this client wants;
+    /// the common answer (no) costs no allocation.
+    fn differs(&self, server: &ServerConn) -> bool {
+        self.values
+            .iter()
+            .any(|(name, value)| server.current(name) != Some(&*value.fingerprint()))
+            || server
+                .settings()
+                .iter()
+                .any(|(name, _)| self.value(name).is_none())
+            || FOLLOWED.iter().any(|name| {
+                self.value(name).is_none() && server.reported(name) != server.default_value(name)
+            })
+    }
+
     /// What must change on `server` for this client: parameters to set to
     /// the client's values, and parameters another client changed that
     /// this client never asked for, to RESET to their defaults.
@@ -304,7 +319,8 @@ impl ClientParams {
         server: &mut ServerConn,
         client_id: u64,
     ) -> Result<(), ServerError> {
-        if server.applied_for == Some((client_id, self.version)) {
+        if server.applied_for == Some((client_id, self.version)) || !self.differs(server) {
+            server.applied_for = Some((client_id, self.version));
             return Ok(());
         }
         let (sets, resets) = self.plan(server);

@@ -33,8 +33,13 @@ use crate::wire::messages::ProxyError;
 
 /// Stop reading a side while this much waits to be written to the other.
 const HIGH_WATER: usize = 256 * 1024;
-/// Grow a read buffer by this much when it runs low.
+/// Grow a server read buffer by this much when it runs low.
 const READ_RESERVE: usize = 16 * 1024;
+/// A client's read buffer starts small: it is given back after every
+/// transaction, and most requests are small.
+const CLIENT_READ_RESERVE: usize = 4 * 1024;
+/// Below this much free room a client read buffer is grown first.
+const CLIENT_READ_LOW: usize = 512;
 /// Below this much free room a read buffer is grown first.
 const READ_LOW: usize = 4 * 1024;
 /// Message types a client may send after login.
@@ -146,8 +151,8 @@ async fn read_client(rd: &mut ReadHalf, buf: &mut BytesMut) -> std::io::Result<u
     if let ReadHalf::Plain(tcp) = rd {
         loop {
             tcp.readable().await?;
-            if buf.capacity() - buf.len() < READ_LOW {
-                buf.reserve(READ_RESERVE);
+            if buf.capacity() - buf.len() < CLIENT_READ_LOW {
+                buf.reserve(CLIENT_READ_RESERVE);
             }
             match tcp.try_read_buf(buf) {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
@@ -155,8 +160,8 @@ async fn read_client(rd: &mut ReadHalf, buf: &mut BytesMut) -> std::io::Result<u
             }
         }
     }
-    if buf.capacity() - buf.len() < READ_LOW {
-        buf.reserve(READ_RESERVE);
+    if buf.capacity() - buf.len() < CLIENT_READ_LOW {
+        buf.reserve(CLIENT_READ_RESERVE);
     }
     rd.read_buf(buf).await
 }
@@ -344,8 +349,8 @@ impl Session<'_> {
             if self.server.is_none() {
                 // A server is held while earlier messages of this batch are
                 // queued, so `ready` is 0 here.
-                // Boxed: the pool's wait future is several KiB, and every
-                // idle client's task would otherwise carry that space.
+                // Boxed: the pool's wait future is over 2 KiB, and every idle
+                // client's task would otherwise carry that space.
                 if let Acquired::Cancelled = Box::pin(self.acquire_server()).await? {
                     self.cancelled_while_waiting(header.tag);
                     continue;

@@ -46,7 +46,9 @@ impl managed::Manager for ServerManager {
     type Error = ServerError;
 
     async fn create(&self) -> Result<ServerConn, ServerError> {
-        let conn = ServerConn::connect(&self.spec).await?;
+        // Boxed: connecting is rare, and its large future would otherwise
+        // sit inside every checkout's future.
+        let conn = Box::pin(ServerConn::connect(&self.spec)).await?;
         *self
             .startup_params
             .lock()

@@ -55,29 +55,42 @@ pub fn effects(sql: &str, standard_conforming_strings: bool) -> Vec<Effect> {
     out
 }
 
+/// Words that start every statement or call with a session effect
+/// (`pg_advisory` covers the advisory lock functions, `set` also
+/// `set_config`, `temp` also `temporary`).
+const TRIGGERS: &[&[u8]] = &[
+    b"set",
+    b"reset",
+    b"discard",
+    b"deallocate",
+    b"prepare",
+    b"listen",
+    b"declare",
+    b"temp",
+    b"pg_advisory",
+    b"pg_try_advisory",
+    b"load",
+];
+
 /// A cheap pre-check: could `sql` have any session effect at all? Lets the
-/// hot path skip the lexer for ordinary statements.
+/// hot path skip the lexer for ordinary statements. Looks only at word
+/// starts whose first letter begins a trigger word: one branch per byte.
 pub fn may_have_effects(sql: &[u8]) -> bool {
-    const NEEDLES: &[&[u8]] = &[
-        b"set",
-        b"reset",
-        b"discard",
-        b"deallocate",
-        b"prepare",
-        b"listen",
-        b"declare",
-        b"temp",
-        b"advisory",
-        b"load",
-    ];
-    sql.windows(3).any(|w| {
-        let w = [
-            w[0].to_ascii_lowercase(),
-            w[1].to_ascii_lowercase(),
-            w[2].to_ascii_lowercase(),
-        ];
-        NEEDLES.iter().any(|n| n[..3] == w)
-    })
+    let mut in_word = false;
+    for (i, &b) in sql.iter().enumerate() {
+        let word_char = b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
+        if word_char && !in_word && matches!(b | 0x20, b's' | b'r' | b'd' | b'p' | b'l' | b't') {
+            let rest = &sql[i..];
+            if TRIGGERS
+                .iter()
+                .any(|t| rest.len() >= t.len() && rest[..t.len()].eq_ignore_ascii_case(t))
+            {
+                return true;
+            }
+        }
+        in_word = word_char;
+    }
+    false
 }
 
 fn word(sql: &str, t: Option<&Token>) -> Option<String> {
