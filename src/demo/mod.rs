@@ -10,17 +10,29 @@ use crate::config::Config;
 use crate::proxy::Proxy;
 use cluster::{free_port, LocalCluster, APP_DATABASE, APP_PASSWORD, APP_USER};
 
-/// The config the demo runs with, for a cluster and a listen address.
-pub fn demo_config(cluster: &LocalCluster, listen: &str) -> String {
+/// A config for pgsplit in front of `cluster`: `listen`, extra `[proxy]`
+/// lines, and `users` as (name, password). The demo and the test harness
+/// both use it.
+pub fn cluster_config(
+    cluster: &LocalCluster,
+    listen: &str,
+    proxy_extra: &str,
+    users: &[(&str, &str)],
+) -> String {
     let replicas: Vec<String> = cluster
         .replicas
         .iter()
         .map(|r| format!("\"{}\"", r.addr()))
         .collect();
+    let users: String = users
+        .iter()
+        .map(|(name, password)| {
+            format!("[[users]]\nname = \"{name}\"\npassword = \"{password}\"\n")
+        })
+        .collect();
     format!(
-        "[proxy]\nlisten = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\npool_mode = \"transaction\"\npool_size = 20\n\n\
-         [[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n\n\
-         [[clusters]]\nname = \"demo\"\n\n[clusters.discovery]\nkind = \"static\"\nleader = \"{}\"\nreplicas = [{}]\n",
+        "[proxy]\nlisten = \"{listen}\"\nadmin_listen = \"127.0.0.1:0\"\n{proxy_extra}\n\n{users}\n\
+         [[clusters]]\nname = \"main\"\n[clusters.discovery]\nkind = \"static\"\nleader = \"{}\"\nreplicas = [{}]\n",
         cluster.leader.addr(),
         replicas.join(", ")
     )
@@ -36,7 +48,12 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
         free_port()?
     };
     let listen = format!("127.0.0.1:{port}");
-    let text = demo_config(&cluster, &listen);
+    let text = cluster_config(
+        &cluster,
+        &listen,
+        "pool_mode = \"transaction\"\npool_size = 20",
+        &[(APP_USER, APP_PASSWORD)],
+    );
     let config = Config::parse(&text, "(demo config)", std::iter::empty())?;
     let proxy = Proxy::start(config).await?;
     println!("\nleader   {}", cluster.leader.addr());

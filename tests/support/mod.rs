@@ -24,23 +24,13 @@ pub struct TestEnv {
 
 /// The config the tests run with; `proxy_extra` adds lines to `[proxy]`.
 pub fn config_text(cluster: &LocalCluster, proxy_extra: &str) -> String {
-    let mut users = format!("[[users]]\nname = \"{APP_USER}\"\npassword = \"{APP_PASSWORD}\"\n");
-    for (user, password, _) in AUTH_USERS {
-        users.push_str(&format!(
-            "[[users]]\nname = \"{user}\"\npassword = \"{password}\"\n"
-        ));
-    }
-    let replicas: Vec<String> = cluster
-        .replicas
-        .iter()
-        .map(|r| format!("\"{}\"", r.addr()))
-        .collect();
-    format!(
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{proxy_extra}\n\n{users}\n\
-         [[clusters]]\nname = \"main\"\n[clusters.discovery]\nkind = \"static\"\nleader = \"{}\"\nreplicas = [{}]\n",
-        cluster.leader.addr(),
-        replicas.join(", ")
-    )
+    let mut users = vec![(APP_USER, APP_PASSWORD)];
+    users.extend(
+        AUTH_USERS
+            .iter()
+            .map(|(user, password, _)| (*user, *password)),
+    );
+    pgsplit::demo::cluster_config(cluster, "127.0.0.1:0", proxy_extra, &users)
 }
 
 impl TestEnv {
