@@ -112,10 +112,7 @@ impl Session<'_> {
 
     /// Answers with an error PostgreSQL would give, then skips to Sync.
     fn fail(&mut self, code: &'static str, message: String) {
-        let mut error = ProxyError::error(code, message).to_bytes();
-        // PostgreSQL's own wording: drop the "pgsplit: " prefix pgsplit
-        // puts on errors of its own making, as this one is the server's.
-        error = strip_prefix(error);
+        let error = ProxyError::postgres(code, message).to_bytes();
         self.tracker.synthetic(Synthetic::Error(error));
         self.skip_to_sync = true;
     }
@@ -343,21 +340,6 @@ fn deallocated_name(body: &[u8]) -> Option<String> {
     }
 }
 
-/// Removes the "pgsplit: " prefix from an ErrorResponse built by
-/// [`ProxyError`], for errors that impersonate PostgreSQL's own.
-fn strip_prefix(error: Bytes) -> Bytes {
-    let needle = b"Mpgsplit: ";
-    let Some(at) = error.windows(needle.len()).position(|w| w == needle) else {
-        return error;
-    };
-    let mut out = Vec::with_capacity(error.len());
-    out.extend_from_slice(&error[..at + 1]);
-    out.extend_from_slice(&error[at + needle.len()..]);
-    let len = (out.len() - 1) as i32;
-    out[1..5].copy_from_slice(&len.to_be_bytes());
-    Bytes::from(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -365,9 +347,7 @@ mod tests {
 
     #[test]
     fn errors_in_postgres_words() {
-        let e = strip_prefix(
-            ProxyError::error("26000", "prepared statement \"x\" does not exist").to_bytes(),
-        );
+        let e = ProxyError::postgres("26000", "prepared statement \"x\" does not exist").to_bytes();
         let len = i32::from_be_bytes([e[1], e[2], e[3], e[4]]) as usize;
         assert_eq!(len + 1, e.len());
         let f = parse_error_fields(&e[5..]);

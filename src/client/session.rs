@@ -42,6 +42,8 @@ const CLIENT_READ_RESERVE: usize = 4 * 1024;
 const CLIENT_READ_LOW: usize = 512;
 /// Below this much free room a read buffer is grown first.
 const READ_LOW: usize = 4 * 1024;
+/// ReadyForQuery, idle: the answer to a Sync no server saw.
+const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
 /// Message types a client may send after login.
 const FRONTEND_TAGS: &[u8] = b"BCdcfDEHFPQSX";
 /// How long a last error message may take to reach a leaving client.
@@ -333,7 +335,7 @@ impl Session<'_> {
                     if header.tag == b'S' {
                         // No server ever saw this request: answer the Sync.
                         self.skip_to_sync = false;
-                        self.to_client.push(Bytes::from_static(b"Z\0\0\0\x05I"));
+                        self.to_client.push(Bytes::from_static(READY_IDLE));
                     }
                     continue;
                 }
@@ -399,7 +401,7 @@ impl Session<'_> {
             if let Some(h) = header {
                 let _ = self.client_in.split_to(h.total_len);
             }
-            self.to_client.push(Bytes::from_static(b"Z\0\0\0\x05I"));
+            self.to_client.push(Bytes::from_static(READY_IDLE));
         } else {
             self.skip_to_sync = true;
         }

@@ -51,6 +51,10 @@ pub struct ProxyError {
     pub code: Cow<'static, str>,
     pub message: String,
     pub hint: Option<String>,
+    /// False for errors pgsplit answers in PostgreSQL's own words on the
+    /// server's behalf (e.g. "prepared statement does not exist"): no
+    /// "pgsplit: " prefix then.
+    pub from_pgsplit: bool,
 }
 
 impl ProxyError {
@@ -61,6 +65,7 @@ impl ProxyError {
             code: Cow::Borrowed(code),
             message: message.into(),
             hint: None,
+            from_pgsplit: true,
         }
     }
 
@@ -71,6 +76,16 @@ impl ProxyError {
             code: Cow::Borrowed(code),
             message: message.into(),
             hint: None,
+            from_pgsplit: true,
+        }
+    }
+
+    /// An ERROR worded as PostgreSQL words it, for answers pgsplit gives on
+    /// the server's behalf.
+    pub fn postgres(code: &'static str, message: impl Into<String>) -> Self {
+        ProxyError {
+            from_pgsplit: false,
+            ..Self::error(code, message)
         }
     }
 
@@ -98,7 +113,9 @@ impl ProxyError {
             b.put_u8(b'C');
             put_cstr(b, self.code.as_bytes());
             b.put_u8(b'M');
-            b.put_slice(b"pgsplit: ");
+            if self.from_pgsplit {
+                b.put_slice(b"pgsplit: ");
+            }
             put_cstr(b, self.message.as_bytes());
             if let Some(hint) = &self.hint {
                 b.put_u8(b'H');
