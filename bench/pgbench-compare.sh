@@ -9,6 +9,7 @@
 #
 #   bench/pgbench-compare.sh            # 5 s per run, 3 runs per cell
 #   DURATION=10 RUNS=5 CLIENTS="10 50" bench/pgbench-compare.sh
+#   ONLY="select-only simple scram" bench/pgbench-compare.sh   # cells matching a regex
 #
 # Installs Debian's pgbouncer when missing. Traffic stays on loopback.
 set -euo pipefail
@@ -47,6 +48,7 @@ printf '| workload | mode | auth | clients | direct TPS | pgsplit TPS | PgBounce
 printf '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
 cell() { # workload mode auth flags split_port bouncer_port
     local workload=$1 mode=$2 auth=$3 flags=$4 sp=$5 bp=$6
+    [[ -n "${ONLY:-}" && ! "$workload $mode $auth" =~ $ONLY ]] && return
     for c in $CLIENTS; do
         local st=() sl=() bt=() bl=() dt=()
         for _ in $(seq "$RUNS"); do

@@ -328,14 +328,14 @@ async fn finish_login(
     // A server now, if one is free, to check the client's settings and
     // learn the server's values; in transaction mode a busy pool must not
     // stop logins, so the values a fresh server reported stand in.
-    let cached = pool.manager().startup_params();
+    let cached = pool.startup_params();
     let server = match (&cached, session_mode) {
-        (Some(_), false) => shared.pools.checkout_now(&pool).await,
-        _ => Some(shared.pools.checkout(&pool).await.map_err(checkout_error)?),
+        (Some(_), false) => pool.checkout_now().await,
+        _ => Some(pool.checkout().await.map_err(checkout_error)?),
     };
     let mut server = match server {
         Some(mut server) => {
-            if let Err(e) = client_params.apply(&mut server, client_id).await {
+            if let Err(e) = client_params.apply(&mut server).await {
                 return Err(server_error(e));
             }
             for (name, value) in server.params() {
@@ -382,9 +382,7 @@ pub fn checkout_error(e: CheckoutError) -> ProxyError {
         CheckoutError::WaitTimeout(_) => ProxyError::fatal("53300", e.to_string())
             .with_hint("raise pool_size or query_wait_timeout, or look for long transactions"),
         CheckoutError::Connect(e) => server_error(e),
-        CheckoutError::ConnectTimeout | CheckoutError::Closed => {
-            ProxyError::fatal("08006", e.to_string())
-        }
+        CheckoutError::Closed => ProxyError::fatal("08006", e.to_string()),
     }
 }
 

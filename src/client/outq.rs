@@ -5,6 +5,7 @@
 use bytes::{Buf, Bytes};
 use std::collections::VecDeque;
 use std::io::IoSlice;
+use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 /// Most chunks handed to one `write_vectored` call.
@@ -36,23 +37,46 @@ impl OutQueue {
     }
 
     /// Writes once (cancel-safe: nothing is lost if the future is dropped).
-    /// The I/O slices are built inside each poll, so the future itself
-    /// stays a few words large.
     pub async fn write_some<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
-        let written = std::future::poll_fn(|cx| {
-            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
-            let n = self.chunks.len().min(MAX_SLICES);
-            for (slot, chunk) in slices.iter_mut().zip(self.chunks.iter()) {
-                *slot = IoSlice::new(chunk);
-            }
-            std::pin::Pin::new(&mut *w).poll_write_vectored(cx, &slices[..n])
-        })
-        .await?;
+        std::future::poll_fn(|cx| self.poll_write_some(cx, w)).await
+    }
+
+    /// Writes what the socket takes right now, without waiting. Called
+    /// right after queuing, it saves a trip through the event loop per
+    /// message batch; whatever is left is written when the socket is ready.
+    pub fn write_now<W: AsyncWrite + Unpin>(&mut self, w: &mut W) -> std::io::Result<()> {
+        if self.is_empty() {
+            return Ok(());
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        match self.poll_write_some(&mut cx, w) {
+            Poll::Ready(result) => result,
+            Poll::Pending => Ok(()),
+        }
+    }
+
+    /// One vectored write. The I/O slices are built inside each poll, so
+    /// the futures that call this stay a few words large.
+    fn poll_write_some<W: AsyncWrite + Unpin>(
+        &mut self,
+        cx: &mut Context<'_>,
+        w: &mut W,
+    ) -> Poll<std::io::Result<()>> {
+        let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+        let n = self.chunks.len().min(MAX_SLICES);
+        for (slot, chunk) in slices.iter_mut().zip(self.chunks.iter()) {
+            *slot = IoSlice::new(chunk);
+        }
+        let written = match std::pin::Pin::new(&mut *w).poll_write_vectored(cx, &slices[..n]) {
+            Poll::Ready(Ok(n)) => n,
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+            Poll::Pending => return Poll::Pending,
+        };
         if written == 0 && self.len > 0 {
-            return Err(std::io::ErrorKind::WriteZero.into());
+            return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
         }
         self.advance(written);
-        Ok(())
+        Poll::Ready(Ok(()))
     }
 
     /// Writes everything queued.
@@ -94,6 +118,16 @@ mod tests {
         let mut out = Vec::new();
         q.write_all(&mut out).await.unwrap();
         assert_eq!(out, b"abcdefg");
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn write_now_writes_without_waiting() {
+        let mut q = OutQueue::default();
+        q.push(Bytes::from_static(b"abc"));
+        let mut out = Vec::new();
+        q.write_now(&mut out).unwrap();
+        assert_eq!(out, b"abc");
         assert!(q.is_empty());
     }
 

@@ -32,7 +32,7 @@ const FOLLOWED: &[&str] = &[
 const NOT_SETTINGS: &[&str] = &["user", "database", "options", "replication"];
 
 /// How a parameter gets its value.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Value {
     /// A plain value, applied with `set_config`.
     Text(String),
@@ -57,9 +57,10 @@ pub struct ClientParams {
     values: Vec<(String, Value)>,
     /// The startup values: what RESET ALL and DISCARD ALL return to.
     startup: Vec<(String, String)>,
-    /// Bumped on every change, so a server that carries this version for
-    /// this client needs no comparison.
+    /// Bumped on every change to `values`.
     version: u64,
+    /// (version, digest) of `values`, computed when first needed.
+    digest: Option<(u64, u64)>,
     /// SET/RESET effects of a transaction not yet committed.
     pending: Vec<Effect>,
     /// An error or rollback happened since the pending effects were sent.
@@ -310,17 +311,13 @@ impl ClientParams {
         sql
     }
 
-    /// Makes `server` carry this client's values. `client_id` with the
-    /// version lets a client skip the work on a server it left unchanged.
+    /// Makes `server` carry this client's values.
     /// Values the server reports back are adopted in the server's spelling
     /// ("ISO" becomes "ISO, MDY") so later comparisons match.
-    pub async fn apply(
-        &mut self,
-        server: &mut ServerConn,
-        client_id: u64,
-    ) -> Result<(), ServerError> {
-        if server.applied_for == Some((client_id, self.version)) || !self.differs(server) {
-            server.applied_for = Some((client_id, self.version));
+    pub async fn apply(&mut self, server: &mut ServerConn) -> Result<(), ServerError> {
+        let digest = self.digest();
+        if server.applied_for == Some(digest) || !self.differs(server) {
+            server.applied_for = Some(digest);
             return Ok(());
         }
         let (sets, resets) = self.plan(server);
@@ -333,15 +330,39 @@ impl ClientParams {
                 let (name, value) = &mut self.values[index];
                 match (server.reported(name), &*value) {
                     (Some(reported), Value::Text(v)) if reported != v => {
-                        *value = Value::Text(reported.to_string())
+                        *value = Value::Text(reported.to_string());
+                        self.version += 1;
                     }
                     (Some(_), _) => {}
                     (None, _) => server.note_setting(name, &value.fingerprint()),
                 }
             }
         }
-        server.applied_for = Some((client_id, self.version));
+        server.applied_for = Some(self.digest());
         Ok(())
+    }
+
+    /// A digest of every value this client wants. Servers remember the
+    /// digest they were last brought to, so the common checkout (a server
+    /// last used by a client with the same settings) costs one comparison.
+    /// The hasher is keyed per process, so no client can aim a collision.
+    fn digest(&mut self) -> u64 {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        static KEYS: std::sync::OnceLock<std::collections::hash_map::RandomState> =
+            std::sync::OnceLock::new();
+        if let Some((version, digest)) = self.digest {
+            if version == self.version {
+                return digest;
+            }
+        }
+        let mut h = KEYS.get_or_init(Default::default).build_hasher();
+        for (name, value) in &self.values {
+            name.to_ascii_lowercase().hash(&mut h);
+            value.hash(&mut h);
+        }
+        let digest = h.finish();
+        self.digest = Some((self.version, digest));
+        digest
     }
 }
 

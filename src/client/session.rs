@@ -148,19 +148,15 @@ pub fn run<'a>(
 
 /// Reads from the client. A plain TCP client is first awaited until
 /// readable and only then given buffer room, so an idle client holds no
-/// read buffer at all.
+/// read buffer at all. The read itself goes through `read_buf`, not
+/// `try_read_buf`: tokio takes a short read as proof the socket is drained,
+/// which saves the extra read that would only return EAGAIN (one system
+/// call per request).
 async fn read_client(rd: &mut ReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
     if let ReadHalf::Plain(tcp) = rd {
-        loop {
-            tcp.readable().await?;
-            if buf.capacity() - buf.len() < CLIENT_READ_LOW {
-                buf.reserve(CLIENT_READ_RESERVE);
-            }
-            match tcp.try_read_buf(buf) {
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                other => return other,
-            }
-        }
+        // poll_read_ready keeps one waker per socket; `readable()` would
+        // join and leave a waiter list under a lock on every loop turn.
+        std::future::poll_fn(|cx| tcp.as_ref().poll_read_ready(cx)).await?;
     }
     if buf.capacity() - buf.len() < CLIENT_READ_LOW {
         buf.reserve(CLIENT_READ_RESERVE);
@@ -232,18 +228,31 @@ impl Session<'_> {
                 }
                 Event::ClientRead(Ok(0)) => return CloseReason::ClientClosed,
                 Event::ClientRead(Ok(_)) => match self.on_client_data().await {
-                    Ok(Flow::Continue) => {}
+                    Ok(Flow::Continue) => {
+                        let written = match self.server.as_deref_mut() {
+                            Some(s) => self.to_server.write_now(&mut s.wr),
+                            None => Ok(()),
+                        };
+                        if let Err(e) = written {
+                            return self.lose_server(&e.to_string()).await;
+                        }
+                    }
                     Ok(Flow::Terminate) => return CloseReason::ClientTerminate,
                     Err(reason) => return reason,
                 },
                 Event::ServerRead(Ok(0)) => {
                     return self.lose_server("server closed the connection").await
                 }
-                Event::ServerRead(Ok(_)) => match self.on_server_data() {
-                    Ok(true) => self.release_server().await,
-                    Ok(false) => {}
-                    Err(problem) => return self.lose_server(problem).await,
-                },
+                Event::ServerRead(Ok(_)) => {
+                    match self.on_server_data() {
+                        Ok(true) => self.release_server().await,
+                        Ok(false) => {}
+                        Err(problem) => return self.lose_server(problem).await,
+                    }
+                    if self.to_client.write_now(&mut self.client_wr).is_err() {
+                        return CloseReason::ClientIo;
+                    }
+                }
                 Event::ServerRead(Err(e)) | Event::ServerWritten(Err(e)) => {
                     return self.lose_server(&e.to_string()).await
                 }
@@ -412,7 +421,7 @@ impl Session<'_> {
     async fn acquire_server(&mut self) -> Result<Acquired, CloseReason> {
         self.login.cancel.begin_wait();
         let checkout = tokio::select! {
-            r = self.shared.pools.checkout(&self.login.pool) => Some(r),
+            r = self.login.pool.checkout() => Some(r),
             _ = self.login.cancel.cancelled() => None,
         };
         let cancelled = self.login.cancel.end_wait();
@@ -428,12 +437,7 @@ impl Session<'_> {
                 return Err(CloseReason::NoServer);
             }
         };
-        if let Err(e) = self
-            .login
-            .params
-            .apply(&mut server, self.login.client_id)
-            .await
-        {
+        if let Err(e) = self.login.params.apply(&mut server).await {
             discard(server);
             self.farewell(server_error(e)).await;
             return Err(CloseReason::NoServer);

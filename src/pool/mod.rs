@@ -5,3 +5,4 @@
 pub mod cancel;
 pub mod pools;
 pub mod server;
+pub mod slots;

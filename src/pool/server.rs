@@ -161,9 +161,10 @@ pub struct ServerConn {
     pub status: u8,
     /// Set when the connection must not be reused (state unknown).
     pub broken: bool,
-    /// (client id, parameter version) whose settings this server carries, so
-    /// a client getting back its own server skips the comparison.
-    pub applied_for: Option<(u64, u64)>,
+    /// Digest of the client parameters this server was last brought to;
+    /// cleared by any change pgsplit sees, so a client wanting exactly
+    /// those values skips the comparison.
+    pub applied_for: Option<u64>,
     /// Pooled statements prepared on this server.
     pub prepared: Prepared,
     /// (client id, sequence) of the unnamed statement the server holds.
@@ -418,11 +419,13 @@ impl ServerConn {
 
     /// Records a value the server reported in ParameterStatus.
     pub fn set_param(&mut self, name: &str, value: &str) {
+        self.applied_for = None;
         upsert(&mut self.params, name, value);
     }
 
     /// Records a value pgsplit set for a parameter the server does not report.
     pub fn note_setting(&mut self, name: &str, value: &str) {
+        self.applied_for = None;
         if self.reported(name).is_none() {
             upsert(&mut self.settings, name, value);
         }
@@ -430,6 +433,7 @@ impl ServerConn {
 
     /// Forgets a setting pgsplit has just RESET.
     pub fn forget_setting(&mut self, name: &str) {
+        self.applied_for = None;
         self.settings.retain(|(n, _)| !n.eq_ignore_ascii_case(name));
     }
 

@@ -72,23 +72,50 @@ const TRIGGERS: &[&[u8]] = &[
     b"load",
 ];
 
+/// Byte classes for [`may_have_effects`]: 0 ends a word, 1 is part of a
+/// word, 2 is part of a word and may start a trigger word.
+const BYTE_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = if b.is_ascii_alphabetic()
+            && matches!(b | 0x20, b's' | b'r' | b'd' | b'p' | b'l' | b't')
+        {
+            2
+        } else if b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80 {
+            1
+        } else {
+            0
+        };
+        i += 1;
+    }
+    table
+};
+
 /// A cheap pre-check: could `sql` have any session effect at all? Lets the
 /// hot path skip the lexer for ordinary statements. Looks only at word
-/// starts whose first letter begins a trigger word: one branch per byte.
+/// starts whose first letter begins a trigger word: one table lookup per
+/// byte.
 pub fn may_have_effects(sql: &[u8]) -> bool {
-    let mut in_word = false;
+    let mut previous = 0;
     for (i, &b) in sql.iter().enumerate() {
-        let word_char = b.is_ascii_alphanumeric() || b == b'_' || b >= 0x80;
-        if word_char && !in_word && matches!(b | 0x20, b's' | b'r' | b'd' | b'p' | b'l' | b't') {
+        let class = BYTE_CLASS[b as usize];
+        if class == 2 && previous == 0 {
             let rest = &sql[i..];
-            if TRIGGERS
-                .iter()
-                .any(|t| rest.len() >= t.len() && rest[..t.len()].eq_ignore_ascii_case(t))
-            {
+            // The first two letters rule out nearly every word before a
+            // whole comparison (which looks at every byte).
+            let (first, second) = (b | 0x20, rest.get(1).map_or(0, |c| c | 0x20));
+            if TRIGGERS.iter().any(|t| {
+                t[0] == first
+                    && t[1] == second
+                    && rest.len() >= t.len()
+                    && rest[..t.len()].eq_ignore_ascii_case(t)
+            }) {
                 return true;
             }
         }
-        in_word = word_char;
+        previous = class;
     }
     false
 }

@@ -1,0 +1,275 @@
+//! The bookkeeping of one pool, apart from any I/O: which connections are
+//! idle, how many exist, and who waits for one.
+//!
+//! Invariants, kept by every method here and nowhere else:
+//! - a connection is idle only while nobody waits (a returned connection
+//!   goes straight to the longest waiter: first come, first served);
+//! - `open` counts idle, lent and being-opened connections and never
+//!   exceeds the pool size;
+//! - idle connections are handed out last-in first-out, so the ones not
+//!   needed age out and the sweeper can close them.
+//!
+//! Generic over the connection type so the rules are unit-tested without
+//! a server.
+
+use std::collections::VecDeque;
+use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// What a waiter is eventually sent: a connection, or why none came.
+pub type Delivery<T, E> = Result<T, E>;
+
+/// An idle connection and when it was given back.
+pub struct Idle<T> {
+    pub conn: T,
+    pub since: Instant,
+}
+
+/// What [`Slots::take`] decided.
+pub enum Take<T, E> {
+    /// An idle connection, lent at once.
+    Ready(T),
+    /// Wait on this; `open_one` says the caller must start opening a
+    /// connection (a slot was reserved for it).
+    Wait {
+        delivery: oneshot::Receiver<Delivery<T, E>>,
+        open_one: bool,
+    },
+    Closed,
+}
+
+/// Idle connections, the count of open ones and the waiters of one pool.
+pub struct Slots<T, E> {
+    size: usize,
+    idle: Vec<Idle<T>>,
+    open: usize,
+    waiters: VecDeque<oneshot::Sender<Delivery<T, E>>>,
+    closed: bool,
+}
+
+impl<T, E> Slots<T, E> {
+    pub fn new(size: usize) -> Self {
+        Slots {
+            size,
+            idle: Vec::new(),
+            open: 0,
+            waiters: VecDeque::new(),
+            closed: false,
+        }
+    }
+
+    /// Lends the newest idle connection, or queues the caller.
+    pub fn take(&mut self) -> Take<T, E> {
+        if self.closed {
+            return Take::Closed;
+        }
+        if let Some(idle) = self.idle.pop() {
+            return Take::Ready(idle.conn);
+        }
+        let (tx, rx) = oneshot::channel();
+        self.waiters.push_back(tx);
+        Take::Wait {
+            delivery: rx,
+            open_one: self.reserve(),
+        }
+    }
+
+    /// Lends an idle connection if there is one; otherwise reserves a slot
+    /// for the caller to open one itself (`Err(true)`) or says there is no
+    /// room (`Err(false)`). Never queues.
+    pub fn take_now(&mut self) -> Result<T, bool> {
+        if self.closed {
+            return Err(false);
+        }
+        if let Some(idle) = self.idle.pop() {
+            return Ok(idle.conn);
+        }
+        Err(self.waiters.is_empty() && self.reserve())
+    }
+
+    /// Reserves a slot for a connection about to be opened, if the pool
+    /// has room.
+    fn reserve(&mut self) -> bool {
+        if self.open < self.size {
+            self.open += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// A lent or freshly opened connection is ready for reuse: the longest
+    /// waiter gets it, or it becomes idle.
+    pub fn give_back(&mut self, mut conn: T, now: Instant) -> Option<T> {
+        if self.closed {
+            self.open -= 1;
+            return Some(conn);
+        }
+        while let Some(waiter) = self.waiters.pop_front() {
+            match waiter.send(Ok(conn)) {
+                Ok(()) => return None,
+                // The waiter gave up (timeout, cancel): try the next one.
+                Err(Ok(returned)) => conn = returned,
+                Err(Err(_)) => return None,
+            }
+        }
+        self.idle.push(Idle { conn, since: now });
+        None
+    }
+
+    /// A connection is gone (closed, broken, or it failed to open). Returns
+    /// whether the caller must open a replacement for a waiter (a slot was
+    /// reserved for it).
+    pub fn forget(&mut self) -> bool {
+        self.open -= 1;
+        self.waiters.retain(|w| !w.is_closed());
+        !self.closed && !self.waiters.is_empty() && self.reserve()
+    }
+
+    /// Opening a connection failed: the longest waiter learns why. Returns
+    /// whether to try again for the waiters still queued.
+    pub fn open_failed(&mut self, error: E) -> bool {
+        let mut error = Some(error);
+        while let Some(waiter) = self.waiters.pop_front() {
+            if let Some(e) = error.take() {
+                match waiter.send(Err(e)) {
+                    Ok(()) => break,
+                    Err(Err(e)) => error = Some(e),
+                    Err(Ok(_)) => break,
+                }
+            }
+        }
+        self.forget()
+    }
+
+    /// Removes idle connections that `keep` rejects; returns them so the
+    /// caller closes them outside the lock.
+    pub fn retain_idle(&mut self, mut keep: impl FnMut(&Idle<T>) -> bool) -> Vec<T> {
+        let mut gone = Vec::new();
+        let mut kept = Vec::with_capacity(self.idle.len());
+        for idle in self.idle.drain(..) {
+            if keep(&idle) {
+                kept.push(idle);
+            } else {
+                gone.push(idle.conn);
+            }
+        }
+        self.idle = kept;
+        self.open -= gone.len();
+        gone
+    }
+
+    /// Closes the pool: idle connections are returned for closing, waiters
+    /// are dropped (they see the pool closed), lent ones close on return.
+    pub fn close(&mut self) -> Vec<T> {
+        self.closed = true;
+        self.waiters.clear();
+        self.retain_idle(|_| false)
+    }
+
+    /// (idle, open, waiting) counts.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        (self.idle.len(), self.open, self.waiters.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait(
+        slots: &mut Slots<u32, &'static str>,
+    ) -> (oneshot::Receiver<Delivery<u32, &'static str>>, bool) {
+        match slots.take() {
+            Take::Wait { delivery, open_one } => (delivery, open_one),
+            _ => panic!("expected to wait"),
+        }
+    }
+
+    #[test]
+    fn opens_up_to_size_then_queues() {
+        let mut s = Slots::new(2);
+        let (_a, open_a) = wait(&mut s);
+        let (_b, open_b) = wait(&mut s);
+        let (_c, open_c) = wait(&mut s);
+        assert!(open_a && open_b && !open_c);
+        assert_eq!(s.counts(), (0, 2, 3));
+    }
+
+    #[test]
+    fn returned_connection_goes_to_longest_waiter_first() {
+        let mut s = Slots::new(1);
+        let (mut first, _) = wait(&mut s);
+        let (mut second, _) = wait(&mut s);
+        assert!(s.give_back(7, Instant::now()).is_none());
+        assert_eq!(first.try_recv().unwrap(), Ok(7));
+        assert!(second.try_recv().is_err());
+        assert_eq!(s.counts(), (0, 1, 1));
+    }
+
+    #[test]
+    fn skips_waiters_that_gave_up() {
+        let mut s = Slots::new(1);
+        let (first, _) = wait(&mut s);
+        let (mut second, _) = wait(&mut s);
+        drop(first);
+        s.give_back(3, Instant::now());
+        assert_eq!(second.try_recv().unwrap(), Ok(3));
+    }
+
+    #[test]
+    fn idle_is_lifo_and_only_without_waiters() {
+        let mut s: Slots<u32, &str> = Slots::new(3);
+        for _ in 0..3 {
+            assert!(s.take_now().is_err());
+        }
+        let now = Instant::now();
+        s.give_back(1, now);
+        s.give_back(2, now);
+        assert!(matches!(s.take(), Take::Ready(2)));
+        assert!(matches!(s.take_now(), Ok(1)));
+        assert_eq!(s.take_now(), Err(false));
+    }
+
+    #[test]
+    fn failure_reaches_one_waiter_and_retries_for_the_rest() {
+        let mut s = Slots::new(1);
+        let (mut a, open) = wait(&mut s);
+        assert!(open);
+        let (mut b, _) = wait(&mut s);
+        assert!(s.open_failed("refused"), "b still waits: open again");
+        assert_eq!(a.try_recv().unwrap(), Err("refused"));
+        assert!(b.try_recv().is_err());
+        assert_eq!(s.counts(), (0, 1, 1));
+        drop(b);
+        assert!(!s.open_failed("refused"), "nobody waits any more");
+        assert_eq!(s.counts(), (0, 0, 0));
+    }
+
+    #[test]
+    fn forget_frees_a_slot_for_a_waiter() {
+        let mut s: Slots<u32, &str> = Slots::new(1);
+        assert_eq!(s.take_now(), Err(true));
+        let (_w, open) = wait(&mut s);
+        assert!(!open);
+        assert!(s.forget(), "the waiter needs a new connection");
+        assert_eq!(s.counts(), (0, 1, 1));
+    }
+
+    #[test]
+    fn retain_and_close_hand_back_what_to_close() {
+        let mut s: Slots<u32, &str> = Slots::new(3);
+        for _ in 0..3 {
+            let _ = s.take_now();
+        }
+        let now = Instant::now();
+        s.give_back(1, now);
+        s.give_back(2, now);
+        assert_eq!(s.retain_idle(|i| i.conn != 2), vec![2]);
+        assert_eq!(s.counts(), (1, 2, 0));
+        assert_eq!(s.close(), vec![1]);
+        assert!(matches!(s.take(), Take::Closed));
+        assert_eq!(s.give_back(3, now), Some(3), "lent ones close on return");
+        assert_eq!(s.counts(), (0, 0, 0));
+    }
+}
