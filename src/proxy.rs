@@ -1,9 +1,10 @@
 //! The listener: accepts clients, enforces `max_client_connections`, and
 //! runs one task per client (login, then the session loop).
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -11,11 +12,15 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::auth::UserDirectory;
+use crate::client::routing::WriteMark;
 use crate::client::statements::StatementRegistry;
 use crate::client::{login, session};
 use crate::config::Config;
+use crate::config::ReadYourWrites;
 use crate::pool::cancel::CancelRegistry;
-use crate::pool::pools::{PoolSettings, Pools};
+use crate::pool::group::Pools;
+use crate::pool::pools::PoolSettings;
+use crate::route::classify::Classifier;
 use crate::topology::{self, Topology, TopologyWatch};
 
 /// State every client task shares.
@@ -33,6 +38,10 @@ pub struct Shared {
     /// Clients pinned to their server by session state pgsplit cannot
     /// carry (transaction mode), since start.
     pub pins: AtomicU64,
+    /// Read/write classification with the configured write functions.
+    pub classifier: Classifier,
+    /// Per-user read-your-writes marks (`read_your_writes = "user"`).
+    write_marks: Mutex<HashMap<String, Arc<WriteMark>>>,
     next_client_id: AtomicU64,
 }
 
@@ -40,6 +49,20 @@ impl Shared {
     /// A process-unique id for a new client.
     pub fn next_client_id(&self) -> u64 {
         self.next_client_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The read-your-writes mark a new session of `user` uses: its own, or
+    /// the user's shared one.
+    pub fn write_mark(&self, user: &str) -> Arc<WriteMark> {
+        if self.config.routing.read_your_writes != ReadYourWrites::User {
+            return Arc::default();
+        }
+        self.write_marks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(user.to_string())
+            .or_default()
+            .clone()
     }
 }
 
@@ -53,6 +76,32 @@ pub enum StartError {
     },
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::TlsError),
+}
+
+/// How the health and WAL probes log in: `routing.probe_user` (default:
+/// the first user) to the `postgres` database.
+fn probe_settings(
+    config: &Config,
+    tls: Option<(tokio_rustls::TlsConnector, crate::tls::ServerTlsMode)>,
+) -> topology::probe::ProbeSettings {
+    let routing = &config.routing;
+    let user = routing
+        .probe_user
+        .as_ref()
+        .and_then(|name| config.users.iter().find(|u| &u.name == name))
+        .or(config.users.first());
+    let (name, password) = user.map_or(("", ""), |u| (u.name.as_str(), u.password()));
+    topology::probe::ProbeSettings {
+        interval: routing.probe_interval.0,
+        spec: crate::pool::server::ServerSpec {
+            addr: "".into(),
+            user: name.into(),
+            database: routing.probe_database.as_str().into(),
+            password: password.into(),
+            connect_timeout: config.proxy.server_connect_timeout.0,
+            tls,
+        },
+    }
 }
 
 /// A running proxy.
@@ -74,6 +123,7 @@ impl Proxy {
         };
         let server_tls = crate::tls::connector(p.server_tls_mode, p.server_tls_ca_file.as_deref())?
             .map(|c| (c, p.server_tls_mode));
+        let pools_tls = server_tls.clone();
         let listener = TcpListener::bind(&config.proxy.listen)
             .await
             .map_err(|source| StartError::Listen {
@@ -95,6 +145,8 @@ impl Proxy {
             tls: server_tls,
         });
         let (topology_tx, topology_rx) = topology::publish(&config);
+        let config_routing_functions = config.routing.write_functions.clone();
+        let probes = probe_settings(&config, pools_tls.clone());
         let shared = Arc::new(Shared {
             users: UserDirectory::new(&config),
             config: Arc::new(config),
@@ -105,10 +157,17 @@ impl Proxy {
             topology: topology_rx,
             clients: AtomicUsize::new(0),
             pins: AtomicU64::new(0),
+            classifier: Classifier::new(&config_routing_functions),
+            write_marks: Mutex::new(HashMap::new()),
             next_client_id: AtomicU64::new(1),
         });
         let stop = CancellationToken::new();
         tokio::spawn(pools.run_sweeper(stop.clone()));
+        tokio::spawn(topology::probe::run(
+            shared.topology.clone(),
+            probes,
+            stop.clone(),
+        ));
         let accept_task = tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
         tracing::info!(listen = %local_addr, "pgsplit is accepting clients");
         Ok(Proxy {

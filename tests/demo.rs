@@ -39,10 +39,18 @@ fn demo_serves_and_cleans_up_on_sigterm() {
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut url = None;
     let mut leader_port = None;
+    let mut replica_ports = Vec::new();
     while url.is_none() && Instant::now() < deadline {
         if let Ok(line) = rx.recv_timeout(Duration::from_secs(1)) {
             if let Some(u) = line.strip_prefix("DATABASE_URL=") {
                 url = Some(u.to_string());
+            }
+            if let Some(addr) = line.strip_prefix("replica  ") {
+                replica_ports.extend(
+                    addr.rsplit(':')
+                        .next()
+                        .and_then(|p| p.trim().parse::<u16>().ok()),
+                );
             }
             if let Some(addr) = line.strip_prefix("leader   ") {
                 leader_port = addr
@@ -54,13 +62,34 @@ fn demo_serves_and_cleans_up_on_sigterm() {
     }
     let url = url.expect("demo printed a DATABASE_URL");
     let leader_port = leader_port.expect("demo printed the leader");
-    let out = Command::new("psql")
-        .args([&url, "-Atc", "SELECT inet_server_port()"])
-        .output()
-        .expect("run psql");
+    let port_of = |sql: &str| {
+        let out = Command::new("psql")
+            .args([&url, "-Atc", sql])
+            .output()
+            .expect("run psql");
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .parse::<u16>()
+            .ok()
+    };
+    assert_eq!(replica_ports.len(), 2, "demo printed two replicas");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        leader_port.to_string()
+        port_of("/* pgsplit:leader */ SELECT inet_server_port()"),
+        Some(leader_port)
+    );
+    // Reads reach a replica once the probes have seen them healthy.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut read_port = None;
+    while Instant::now() < deadline {
+        read_port = port_of("SELECT inet_server_port()");
+        if read_port.is_some_and(|p| replica_ports.contains(&p)) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        read_port.is_some_and(|p| replica_ports.contains(&p)),
+        "a read went to {read_port:?}, not a replica {replica_ports:?}"
     );
 
     let pid = child.id().to_string();

@@ -148,7 +148,7 @@ async fn client_vanishing_mid_copy_and_mid_pipeline() {
     );
     assert_no_server_held(&env).await;
     let stuck = env.leader_sql(
-        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND state <> 'idle'",
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = 'app' AND datname = current_database() AND state <> 'idle'",
     );
     assert_eq!(stuck, "0");
 }

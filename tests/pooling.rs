@@ -94,7 +94,9 @@ async fn session_mode_holds_a_server_and_times_out_waiters() {
 async fn transaction_mode_wait_timeout() {
     let env = TestEnv::start(0, "pool_size = 1\nquery_wait_timeout = \"300ms\"").await;
     let holder = env.connect().await;
+    // A lone BEGIN is answered by pgsplit; the first statement takes the server.
     holder.batch_execute("BEGIN").await.unwrap();
+    holder.batch_execute("SELECT 1").await.unwrap();
     let waiter = env.connect().await;
     let err = waiter.query_one("SELECT 1", &[]).await.err().unwrap();
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));

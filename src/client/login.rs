@@ -13,11 +13,13 @@ use tokio::time::Instant;
 use super::auth::User;
 use super::close::CloseReason;
 use super::params::ClientParams;
+use super::routing::Routing;
 use crate::config::PoolMode;
 use crate::pool::cancel::{CancelKey, CancelSlot};
-use crate::pool::pools::{CheckoutError, PooledServer, ServerPool};
+use crate::pool::pools::{CheckoutError, PooledServer};
 use crate::pool::server::ServerError;
 use crate::proxy::Shared;
+use crate::route::choose::{choose_reader, Rng};
 use crate::stream::Stream;
 use crate::wire::messages::{self, ProxyError};
 use crate::wire::startup::{self, StartupPacket};
@@ -28,7 +30,6 @@ pub struct LoggedIn {
     pub user: Arc<User>,
     pub database: String,
     pub params: ClientParams,
-    pub pool: ServerPool,
     pub client_id: u64,
     pub cancel_key: CancelKey,
     pub cancel: Arc<CancelSlot>,
@@ -42,6 +43,7 @@ pub struct Admitted {
     pub login: LoggedIn,
     /// The login server, kept in session mode.
     pub server: Option<PooledServer>,
+    pub routing: Routing,
 }
 
 /// What the plaintext (or, after an upgrade, encrypted) startup phase ended with.
@@ -106,14 +108,15 @@ pub async fn login(
         Err(e) => Err(e),
     };
     let err = match outcome {
-        Ok((mut ready, server)) => {
+        Ok((mut ready, server, routing)) => {
             ready.peer = peer;
-            tracing::info!(client = %peer, user = %ready.user.config.name, database = %ready.database, tls = stream.is_tls(), "client logged in");
+            tracing::info!(client = %peer, user = %ready.user.config.name, database = %ready.database, read_only = routing.read_only, tls = stream.is_tls(), "client logged in");
             return Some(Admitted {
                 stream,
                 pending: buf,
                 login: ready,
                 server,
+                routing,
             });
         }
         Err(e) => e,
@@ -245,7 +248,7 @@ async fn finish_login(
     params: Vec<(String, String)>,
     shared: &Shared,
     over_limit: bool,
-) -> Result<(LoggedIn, Option<PooledServer>), ProxyError> {
+) -> Result<(LoggedIn, Option<PooledServer>, Routing), ProxyError> {
     if shared.config.proxy.tls_require && !stream.is_tls() {
         return Err(ProxyError::fatal(
             "28000",
@@ -300,30 +303,40 @@ async fn finish_login(
     let user = shared.users.authenticate(stream, buf, &user_name).await?;
     messages::auth_ok(&mut out);
 
+    let routing_config = &shared.config.routing;
+    let (database, read_only) = match routing_config.read_only_alias(&database) {
+        Some(real) => (real.to_string(), true),
+        None => (database, false),
+    };
     let cluster = shared.config.cluster_for(&database).ok_or_else(|| {
         ProxyError::fatal(
             "3D000",
             format!("no cluster serves database \"{database}\""),
         )
     })?;
-    let leader = shared
-        .topology
-        .borrow()
-        .cluster(&cluster.name)
-        .and_then(|c| c.leader().map(|m| m.addr.clone()))
-        .ok_or_else(|| {
-            ProxyError::fatal(
-                "57P03",
-                format!("no leader known for cluster \"{}\"", cluster.name),
-            )
-        })?;
-    let pool = shared.pools.pool(
-        &leader,
-        &database,
-        &user.config.name,
-        user.config.password(),
-    );
     let client_id = shared.next_client_id();
+    // The login server: the leader, or a replica for a read-only alias.
+    let topology = shared.topology.borrow().clone();
+    let members = topology.cluster(&cluster.name);
+    let home = if read_only {
+        members.and_then(|c| choose_reader(c, routing_config, None, &mut Rng::new(client_id)))
+    } else {
+        members.and_then(|c| c.leader())
+    };
+    let home = home.ok_or_else(|| {
+        let what = if read_only {
+            "no replica available"
+        } else {
+            "no leader known"
+        };
+        ProxyError::fatal("57P03", format!("{what} for cluster \"{}\"", cluster.name))
+    })?;
+    let group = shared
+        .pools
+        .group(&database, &user.config.name, user.config.password());
+    let pool = group.pool(home);
+    let mark = shared.write_mark(&user.config.name);
+    let mut routing = Routing::new(cluster.name.clone(), group, read_only, mark, client_id);
     let session_mode = shared.config.proxy.pool_mode == PoolMode::Session;
     // A server now, if one is free, to check the client's settings and
     // learn the server's values; in transaction mode a busy pool must not
@@ -362,18 +375,18 @@ async fn finish_login(
         server = None;
     } else if let Some(server) = &server {
         cancel.hold(server.cancel_target());
+        routing.held = Some(home.role);
     }
     let login = LoggedIn {
         peer: SocketAddr::from(([0, 0, 0, 0], 0)),
         user,
         database,
         params: client_params,
-        pool,
         client_id,
         cancel_key,
         cancel,
     };
-    Ok((login, server))
+    Ok((login, server, routing))
 }
 
 /// The error a client sees when no server connection could be had.

@@ -11,6 +11,7 @@ pub mod login;
 pub mod outq;
 pub mod params;
 pub mod rewrite;
+pub mod routing;
 pub mod session;
 pub mod statements;
 pub mod tracker;

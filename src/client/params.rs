@@ -13,6 +13,7 @@
 //!   differs.
 
 use crate::pool::server::{ServerConn, ServerError};
+use crate::route::classify::Target;
 use crate::route::session::Effect;
 use crate::wire::messages::ProxyError;
 use crate::wire::startup::split_options;
@@ -134,6 +135,26 @@ impl ClientParams {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
+    }
+
+    /// The session's `pgsplit.target` (startup option or SET), when it
+    /// says leader or replica; `auto`, anything else or unset: `None`.
+    pub fn route_target(&self) -> Option<Target> {
+        if self.values.is_empty() {
+            return None;
+        }
+        let raw = match self.value("pgsplit.target")? {
+            Value::Text(v) => v.as_str(),
+            Value::Sql(sql) => sql.trim().trim_matches('\''),
+        };
+        let raw = raw.trim();
+        if raw.eq_ignore_ascii_case("leader") {
+            Some(Target::Leader)
+        } else if raw.eq_ignore_ascii_case("replica") {
+            Some(Target::Replica)
+        } else {
+            None
+        }
     }
 
     /// The plain value the client wants for `name`, if it asked for one.
@@ -418,6 +439,19 @@ mod tests {
         assert_eq!(p.get("statement_timeout"), Some("5s"));
         assert_eq!(p.get("user"), None);
         assert_eq!(p.get("_pq_.extension"), None);
+    }
+
+    #[test]
+    fn route_target_from_startup_and_set() {
+        let mut p =
+            ClientParams::from_startup(&startup(&[("options", "-c pgsplit.target=leader")]))
+                .unwrap();
+        assert_eq!(p.route_target(), Some(Target::Leader));
+        p.set("pgsplit.target", Value::Sql("'Replica'".into()));
+        assert_eq!(p.route_target(), Some(Target::Replica));
+        p.set("pgsplit.target", Value::Sql("'auto'".into()));
+        assert_eq!(p.route_target(), None);
+        assert_eq!(ClientParams::default().route_target(), None);
     }
 
     #[test]

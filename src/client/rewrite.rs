@@ -12,6 +12,7 @@ use super::session::Session;
 use super::statements::Statement;
 use super::tracker::Synthetic;
 use crate::config::PoolMode;
+use crate::route::classify::Summary;
 use crate::route::session::{effects, may_have_effects, Effect};
 use crate::wire::frame::{read_cstr, Header, HEADER_LEN};
 use crate::wire::messages::ProxyError;
@@ -41,6 +42,11 @@ impl Session<'_> {
     /// being forwarded as is. Also notes what a simple Query changes.
     pub(super) fn needs_rewrite(&mut self, tag: u8, body: &[u8]) -> bool {
         if self.mode != PoolMode::Transaction {
+            if tag == b'Q' && self.shared.config.routing.read_write_split {
+                // Session mode with splitting: settings follow the client to
+                // its other server; untrackable state keeps it where it is.
+                self.note_session_effects(leading_name(body));
+            }
             return false;
         }
         match tag {
@@ -63,14 +69,9 @@ impl Session<'_> {
         if let Some(server) = self.server.as_deref_mut() {
             server.unnamed_owner = None;
         }
-        let text = leading_name(body);
-        if !may_have_effects(text) {
-            return false;
-        }
-        let Ok(text) = std::str::from_utf8(text) else {
+        let Some(found) = self.effects_of(leading_name(body)) else {
             return false;
         };
-        let found = effects(text, self.standard_strings());
         let mut answer_myself = false;
         for effect in &found {
             match effect {
@@ -92,6 +93,28 @@ impl Session<'_> {
         }
         self.login.params.record_effects(found);
         answer_myself
+    }
+
+    /// The session effects of a query text, if it may have any.
+    fn effects_of(&self, text: &[u8]) -> Option<Vec<Effect>> {
+        if !may_have_effects(text) {
+            return None;
+        }
+        let text = std::str::from_utf8(text).ok()?;
+        Some(effects(text, self.standard_strings()))
+    }
+
+    /// Session mode: records SET/RESET and pins on untrackable state.
+    fn note_session_effects(&mut self, text: &[u8]) {
+        let Some(found) = self.effects_of(text) else {
+            return;
+        };
+        for effect in &found {
+            if let Effect::Pin(reason) = effect {
+                self.pin(reason);
+            }
+        }
+        self.login.params.record_effects(found);
     }
 
     fn forget_server_statements(&mut self) {
@@ -256,7 +279,14 @@ impl Session<'_> {
             return;
         }
         let name = String::from_utf8_lossy(name).into_owned();
-        let statement = self.shared.statements.intern(rest);
+        let standard_strings = self.standard_strings();
+        let classifier = &self.shared.classifier;
+        let statement = self.shared.statements.intern(rest.clone(), || {
+            std::str::from_utf8(query).map_or_else(
+                |_| Summary::leader(),
+                |q| classifier.classify(q, standard_strings),
+            )
+        });
         if !self.statements.insert(&name, statement.clone()) {
             self.fail(
                 "42P05",

@@ -22,10 +22,11 @@ pub use super::close::CloseReason;
 use super::idle::{idle_check, IdleKind, IdleTimer};
 use super::login::{checkout_error, server_error, Admitted, LoggedIn};
 use super::outq::OutQueue;
+use super::routing::{Point, Routing};
 use super::statements::ClientStatements;
 use super::tracker::{Tracker, Verdict};
 use crate::config::PoolMode;
-use crate::pool::pools::{discard, PooledServer};
+use crate::pool::pools::{discard, PooledServer, ServerPool};
 use crate::proxy::Shared;
 use crate::stream::{ReadHalf, WriteHalf};
 use crate::wire::frame::{peek_header, read_cstr, HEADER_LEN};
@@ -54,13 +55,6 @@ const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 enum Flow {
     Continue,
     Terminate,
-}
-
-/// How a wait for a server connection ended.
-enum Acquired {
-    Server,
-    /// The client cancelled its request while it waited.
-    Cancelled,
 }
 
 enum Event {
@@ -99,6 +93,8 @@ pub(super) struct Session<'a> {
     /// When the client last sent anything.
     last_activity: Instant,
     idle: Option<IdleTimer>,
+    /// Which server role each request needs, and what is held.
+    pub(super) routing: Routing,
 }
 
 /// Serves a logged-in client until it leaves, then cleans up.
@@ -114,6 +110,7 @@ pub fn run<'a>(
         pending,
         login,
         server,
+        routing,
     } = admitted;
     let (client_rd, client_wr) = stream.split();
     let pending = if pending.is_empty() {
@@ -142,6 +139,7 @@ pub fn run<'a>(
         scratch: BytesMut::new(),
         last_activity: Instant::now(),
         idle: IdleTimer::new(&shared.config.proxy),
+        routing,
     });
     session.run()
 }
@@ -204,7 +202,7 @@ impl Session<'_> {
         }
         loop {
             let event = {
-                let can_read_client = self.to_server.len() < HIGH_WATER;
+                let can_read_client = self.to_server.len() < HIGH_WATER && !self.routing.blocked;
                 let can_read_server = self.to_client.len() < HIGH_WATER;
                 let can_write_client = !self.to_client.is_empty();
                 let can_write_server = !self.to_server.is_empty();
@@ -251,6 +249,16 @@ impl Session<'_> {
                     }
                     if self.to_client.write_now(&mut self.client_wr).is_err() {
                         return CloseReason::ClientIo;
+                    }
+                    if self.routing.blocked && (self.server.is_none() || self.server_quiescent()) {
+                        // The server finished what the waiting input was
+                        // queued behind: route it now.
+                        self.routing.blocked = false;
+                        match self.on_client_data().await {
+                            Ok(Flow::Continue) => {}
+                            Ok(Flow::Terminate) => return CloseReason::ClientTerminate,
+                            Err(reason) => return reason,
+                        }
                     }
                 }
                 Event::ServerRead(Err(e)) | Event::ServerWritten(Err(e)) => {
@@ -344,6 +352,7 @@ impl Session<'_> {
                     if header.tag == b'S' {
                         // No server ever saw this request: answer the Sync.
                         self.skip_to_sync = false;
+                        self.routing.unit_start = true;
                         self.to_client.push(Bytes::from_static(READY_IDLE));
                     }
                     continue;
@@ -357,14 +366,16 @@ impl Session<'_> {
                     continue;
                 }
             }
-            if self.server.is_none() {
-                // A server is held while earlier messages of this batch are
-                // queued, so `ready` is 0 here.
-                // Boxed: the pool's wait future is over 2 KiB, and every idle
-                // client's task would otherwise carry that space.
-                if let Acquired::Cancelled = Box::pin(self.acquire_server()).await? {
-                    self.cancelled_while_waiting(header.tag);
-                    continue;
+            if self.server.is_none() || self.routing.unit_start {
+                // Boxed: taking a server waits on the pool, and every idle
+                // client's task would otherwise carry that future's space.
+                match Box::pin(self.route_point(&mut ready, header.tag)).await? {
+                    Point::Go => {}
+                    Point::Handled => continue,
+                    Point::Blocked => {
+                        self.routing.blocked = true;
+                        break;
+                    }
                 }
             }
             // Lend the buffer out so the body can be read while the
@@ -375,6 +386,7 @@ impl Session<'_> {
             if !rewrite {
                 self.tracker.client_message(header.tag, body);
             }
+            self.routing.forwarded(header.tag, body);
             self.client_in = input;
             if rewrite {
                 self.queue_client_messages(ready);
@@ -397,13 +409,20 @@ impl Session<'_> {
     }
 
     /// The client cancelled while waiting for a server: its request fails
-    /// with 57014 as a cancelled statement would, and the rest of it up to
-    /// Sync is skipped.
-    fn cancelled_while_waiting(&mut self, tag: u8) {
+    /// with 57014 as a cancelled statement would.
+    pub(super) fn cancelled_while_waiting(&mut self, tag: u8) {
         let error = ProxyError::error(
             "57014",
             "canceling statement due to user request (while waiting for a server connection)",
         );
+        self.fail_request(tag, error);
+    }
+
+    /// Answers the request starting with the message at the front of the
+    /// input with `error` instead of running it: a Query is answered with
+    /// the error and ReadyForQuery, extended messages are skipped up to
+    /// their Sync.
+    pub(super) fn fail_request(&mut self, tag: u8, error: ProxyError) {
         self.to_client.push(error.to_bytes());
         if tag == b'Q' {
             let header = peek_header(&self.client_in, usize::MAX).ok().flatten();
@@ -411,40 +430,54 @@ impl Session<'_> {
                 let _ = self.client_in.split_to(h.total_len);
             }
             self.to_client.push(Bytes::from_static(READY_IDLE));
+            self.routing.unit_start = true;
         } else {
             self.skip_to_sync = true;
         }
     }
 
-    /// Takes a server from the pool and brings it to this client's
-    /// session parameters. A cancel from the client ends the wait.
-    async fn acquire_server(&mut self) -> Result<Acquired, CloseReason> {
+    /// Waits for a server from `pool`; `None` when the client cancelled its
+    /// request meanwhile. Failing to get one ends the session.
+    pub(super) async fn acquire_server(
+        &mut self,
+        pool: ServerPool,
+    ) -> Result<Option<PooledServer>, CloseReason> {
         self.login.cancel.begin_wait();
         let checkout = tokio::select! {
-            r = self.login.pool.checkout() => Some(r),
+            r = pool.checkout() => Some(r),
             _ = self.login.cancel.cancelled() => None,
         };
         let cancelled = self.login.cancel.end_wait();
-        let mut server = match checkout {
-            None => return Ok(Acquired::Cancelled),
+        match checkout {
+            None => Ok(None),
             Some(Ok(s)) if cancelled => {
                 drop(s);
-                return Ok(Acquired::Cancelled);
+                Ok(None)
             }
-            Some(Ok(s)) => s,
+            Some(Ok(s)) => Ok(Some(s)),
             Some(Err(e)) => {
                 self.farewell(checkout_error(e)).await;
-                return Err(CloseReason::NoServer);
+                Err(CloseReason::NoServer)
             }
-        };
+        }
+    }
+
+    /// Brings a server to this client's session parameters.
+    pub(super) async fn prepare_server(
+        &mut self,
+        mut server: PooledServer,
+    ) -> Result<PooledServer, CloseReason> {
         if let Err(e) = self.login.params.apply(&mut server).await {
             discard(server);
             self.farewell(server_error(e)).await;
             return Err(CloseReason::NoServer);
         }
-        self.login.cancel.hold(server.cancel_target());
-        self.server = Some(server);
-        Ok(Acquired::Server)
+        Ok(server)
+    }
+
+    /// Whether a large server message is still streaming through.
+    pub(super) fn server_passthrough_done(&self) -> bool {
+        self.server_passthrough == 0
     }
 
     /// Queues what the server sent for the client, noting what must be
@@ -515,6 +548,7 @@ impl Session<'_> {
                 off += header.total_len;
             }
             if header.tag == b'Z' {
+                self.routing.server_ready(server.status);
                 self.login.params.ready(server.status, server);
                 if self.idle.is_some() {
                     // Idle time counts from the end of the last request.
@@ -564,9 +598,10 @@ impl Session<'_> {
 
     /// Gives the server back to the pool, after any cancel aimed at it has
     /// been delivered, and lets go of buffers an idle client does not need.
-    async fn release_server(&mut self) {
+    pub(super) async fn release_server(&mut self) {
         self.login.cancel.release().await;
         self.server = None;
+        self.routing.held = None;
         self.drop_idle_buffers();
     }
 
@@ -625,7 +660,11 @@ impl Session<'_> {
             )
             .await;
         }
-        let Some(mut server) = self.server.take() else {
+        if let Some((parked, _)) = self.routing.parked.take() {
+            // Parked only when idle and in sync.
+            self.give_back_session_server(parked).await;
+        }
+        let Some(server) = self.server.take() else {
             return;
         };
         self.login.cancel.release().await;
@@ -638,6 +677,12 @@ impl Session<'_> {
             discard(server);
             return;
         }
+        self.give_back_session_server(server).await;
+    }
+
+    /// Session mode runs the reset query before the server goes back;
+    /// a server that fails it is closed.
+    async fn give_back_session_server(&self, mut server: PooledServer) {
         if self.mode == PoolMode::Session {
             let query = &self.shared.config.proxy.server_reset_query;
             if !query.is_empty() {

@@ -12,6 +12,8 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
+use crate::route::classify::Summary;
+
 /// Past this many entries the registry drops statements no client maps.
 const REGISTRY_SWEEP_AT: usize = 10_000;
 
@@ -23,6 +25,8 @@ pub struct Statement {
     pub server_name: String,
     /// The Parse body after the name: query, NUL, parameter types.
     pub body: Bytes,
+    /// What its query is, for routing; decided once, at the first Parse.
+    pub summary: Summary,
     /// A server has answered its Parse with ParseComplete: it is valid SQL
     /// with these parameter types.
     confirmed: AtomicBool,
@@ -56,8 +60,9 @@ pub struct StatementRegistry {
 }
 
 impl StatementRegistry {
-    /// The pooled statement for a Parse body, created on first sight.
-    pub fn intern(&self, body: Bytes) -> Arc<Statement> {
+    /// The pooled statement for a Parse body, created on first sight
+    /// (`classify` runs then only).
+    pub fn intern(&self, body: Bytes, classify: impl FnOnce() -> Summary) -> Arc<Statement> {
         let mut map = self.by_body.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(s) = map.get(&body) {
             return s.clone();
@@ -71,6 +76,7 @@ impl StatementRegistry {
             id,
             server_name: format!("pgsplit_{id}"),
             body: body.clone(),
+            summary: classify(),
             confirmed: AtomicBool::new(false),
         });
         map.insert(body, s.clone());
@@ -159,9 +165,12 @@ mod tests {
     #[test]
     fn identical_statements_share_one_pooled_statement() {
         let reg = StatementRegistry::default();
-        let a = reg.intern(Bytes::from_static(b"SELECT 1\0\0\0"));
-        let b = reg.intern(Bytes::from_static(b"SELECT 1\0\0\0"));
-        let c = reg.intern(Bytes::from_static(b"SELECT 1\0\0\x01\0\0\0\x17"));
+        let a = reg.intern(Bytes::from_static(b"SELECT 1\0\0\0"), Default::default);
+        let b = reg.intern(Bytes::from_static(b"SELECT 1\0\0\0"), Default::default);
+        let c = reg.intern(
+            Bytes::from_static(b"SELECT 1\0\0\x01\0\0\0\x17"),
+            Default::default,
+        );
         assert_eq!(a.id, b.id);
         assert_ne!(a.id, c.id, "parameter types are part of the identity");
         assert_eq!(a.server_name, format!("pgsplit_{}", a.id));
@@ -171,7 +180,7 @@ mod tests {
     fn client_names_map_and_collide_like_postgres() {
         let reg = StatementRegistry::default();
         let mut c = ClientStatements::default();
-        let s = reg.intern(Bytes::from_static(b"SELECT 1\0\0\0"));
+        let s = reg.intern(Bytes::from_static(b"SELECT 1\0\0\0"), Default::default);
         assert!(c.insert("s1", s.clone()));
         assert!(!c.insert("s1", s.clone()));
         assert_eq!(c.get("s1").unwrap().id, s.id);

@@ -74,6 +74,9 @@ enum Unit {
     Sync,
     /// Query or FunctionCall: everything up to ReadyForQuery.
     Query,
+    /// A Query pgsplit sent ahead of the client's (a deferred BEGIN): its
+    /// CommandComplete and ReadyForQuery are not the client's.
+    HiddenQuery,
     /// CopyDone/CopyFail sent before the server said CopyInResponse.
     CopyEnd,
     Synthetic(Synthetic),
@@ -153,6 +156,12 @@ impl Tracker {
         self.push(Unit::Close { visible });
     }
 
+    /// A Query pgsplit sends on its own, whose answer the client never sees
+    /// (errors excepted).
+    pub fn hidden_query(&mut self) {
+        self.units.push_back(Unit::HiddenQuery);
+    }
+
     /// An answer pgsplit makes up goes here in the stream.
     pub fn synthetic(&mut self, s: Synthetic) {
         self.units.push_back(Unit::Synthetic(s));
@@ -205,14 +214,19 @@ impl Tracker {
             }
             b'Z' => {
                 self.copy_in = false;
-                self.complete_front();
-                return Verdict::Forward;
+                return match self.complete_front() {
+                    Some(Unit::HiddenQuery) => Verdict::Drop,
+                    _ => Verdict::Forward,
+                };
             }
             _ => {}
         }
         let Some(front) = self.front() else {
             return Verdict::Forward;
         };
+        if *front == Unit::HiddenQuery {
+            return Verdict::Drop;
+        }
         let (done, verdict) = match (front, tag) {
             (Unit::Parse { visible, statement }, b'1') => {
                 if let Some(s) = statement {
@@ -247,11 +261,11 @@ impl Tracker {
     /// the next Sync, leaving the units before it unanswered.
     fn server_error(&mut self) -> Verdict {
         self.copy_in = false;
-        if matches!(self.front(), Some(Unit::Query) | None) {
+        if matches!(self.front(), Some(Unit::Query | Unit::HiddenQuery) | None) {
             return Verdict::Forward;
         }
         while let Some(unit) = self.units.front() {
-            if *unit == Unit::Sync || *unit == Unit::Query {
+            if matches!(unit, Unit::Sync | Unit::Query | Unit::HiddenQuery) {
                 break;
             }
             if let Some(Unit::Parse {

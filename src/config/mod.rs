@@ -5,8 +5,10 @@
 //! written. Errors name the file, the key and what is wrong.
 
 mod env;
+pub mod routing;
 pub mod units;
 
+pub use routing::{LeaderReads, ReadYourWrites, RoutingConfig, TransactionRouting};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -165,7 +167,7 @@ pub enum DiscoveryConfig {
     Static {
         leader: String,
         #[serde(default)]
-        replicas: Vec<String>,
+        replicas: Vec<ReplicaEntry>,
     },
     /// Patroni REST API (not built yet; see README status).
     Patroni { urls: Vec<String> },
@@ -181,12 +183,56 @@ pub enum DiscoveryConfig {
     },
 }
 
+/// A static replica: `"host:port"`, or a table with a weight and a zone.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum ReplicaEntry {
+    Addr(String),
+    Detailed {
+        addr: String,
+        /// Share of reads relative to other replicas (0: none).
+        #[serde(default = "default_weight")]
+        weight: u32,
+        /// Zone, for `routing.zone` preference.
+        #[serde(default)]
+        zone: String,
+    },
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+impl ReplicaEntry {
+    pub fn addr(&self) -> &str {
+        match self {
+            ReplicaEntry::Addr(a) | ReplicaEntry::Detailed { addr: a, .. } => a,
+        }
+    }
+
+    pub fn weight(&self) -> u32 {
+        match self {
+            ReplicaEntry::Addr(_) => 1,
+            ReplicaEntry::Detailed { weight, .. } => *weight,
+        }
+    }
+
+    pub fn zone(&self) -> &str {
+        match self {
+            ReplicaEntry::Addr(_) => "",
+            ReplicaEntry::Detailed { zone, .. } => zone,
+        }
+    }
+}
+
 /// The whole config file.
 #[derive(Debug, Clone, Deserialize, Serialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
     pub proxy: ProxyConfig,
+    #[serde(default)]
+    pub routing: RoutingConfig,
     #[serde(default)]
     pub users: Vec<UserConfig>,
     #[serde(default)]
@@ -324,6 +370,15 @@ impl Config {
                 ));
             }
         }
+        self.routing.validate()?;
+        if let Some(name) = &self.routing.probe_user {
+            if !self.users.iter().any(|u| &u.name == name) {
+                return Err((
+                    "routing.probe_user".into(),
+                    format!("\"{name}\" is not one of [[users]]"),
+                ));
+            }
+        }
         if self.clusters.is_empty() {
             return Err((
                 "clusters".into(),
@@ -348,7 +403,7 @@ impl Config {
                 DiscoveryConfig::Static { leader, replicas } => {
                     check_host_port(&format!("{key}.leader"), leader)?;
                     for (j, r) in replicas.iter().enumerate() {
-                        check_host_port(&format!("{key}.replicas[{j}]"), r)?;
+                        check_host_port(&format!("{key}.replicas[{j}]"), r.addr())?;
                     }
                 }
                 DiscoveryConfig::Patroni { .. } | DiscoveryConfig::Kubernetes { .. } => {

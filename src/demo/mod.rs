@@ -63,7 +63,8 @@ pub async fn run() -> Result<(), Box<dyn std::error::Error>> {
     println!("\npgsplit listens on {listen} (transaction pooling)\n");
     println!("DATABASE_URL=postgres://{APP_USER}:{APP_PASSWORD}@{listen}/{APP_DATABASE}");
     println!("try: psql \"postgres://{APP_USER}:{APP_PASSWORD}@{listen}/{APP_DATABASE}\" -c 'select inet_server_port()'\n");
-    println!("every statement goes to the leader for now (read/write splitting is not built yet)");
+    println!("reads go to the replicas, writes and transactions to the leader;");
+    println!("try: psql ... -c 'select inet_server_port()'  and  -c 'begin; select inet_server_port(); commit'");
     println!("press Ctrl-C to stop and remove the cluster\n");
 
     let mut tick = tokio::time::interval(Duration::from_secs(5));

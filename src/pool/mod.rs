@@ -3,6 +3,7 @@
 //! the server a client holds right now ([`cancel`]).
 
 pub mod cancel;
+pub mod group;
 pub mod pools;
 pub mod server;
 pub mod slots;

@@ -13,14 +13,13 @@
 //! here; and topology changes need pools that can be told to retire their
 //! connections.
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tokio_util::sync::CancellationToken;
 
 use super::server::{ServerConn, ServerError, ServerSpec};
 use super::slots::{Idle, Slots, Take};
+use crate::topology::MemberState;
 
 /// ParameterStatus name/value pairs a fresh server reported.
 pub type StartupParams = Arc<Vec<(String, String)>>;
@@ -33,6 +32,8 @@ pub struct ServerPool {
 
 struct PoolInner {
     spec: ServerSpec,
+    /// The member's live state: lent connections are counted there.
+    member: Arc<MemberState>,
     wait_timeout: Duration,
     lifetime: Option<Duration>,
     slots: Mutex<Slots<Box<ServerConn>, CheckoutError>>,
@@ -68,6 +69,7 @@ impl std::ops::DerefMut for PooledServer {
 impl Drop for PooledServer {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
+            self.pool.inner.member.returned();
             self.pool.give_back(conn);
         }
     }
@@ -76,16 +78,22 @@ impl Drop for PooledServer {
 /// Closes a lent connection instead of returning it to the pool.
 pub fn discard(mut server: PooledServer) {
     if let Some(conn) = server.conn.take() {
+        server.pool.inner.member.returned();
         drop(conn);
         server.pool.forget_one();
     }
 }
 
 impl ServerPool {
-    fn new(spec: ServerSpec, settings: &PoolSettings) -> ServerPool {
+    pub(super) fn new(
+        spec: ServerSpec,
+        member: Arc<MemberState>,
+        settings: &PoolSettings,
+    ) -> ServerPool {
         ServerPool {
             inner: Arc::new(PoolInner {
                 spec,
+                member,
                 wait_timeout: settings.query_wait_timeout,
                 lifetime: settings.lifetime,
                 slots: Mutex::new(Slots::new(settings.pool_size)),
@@ -102,6 +110,7 @@ impl ServerPool {
     }
 
     fn lend(&self, conn: Box<ServerConn>) -> PooledServer {
+        self.inner.member.lent();
         PooledServer {
             conn: Some(conn),
             pool: self.clone(),
@@ -215,13 +224,13 @@ impl ServerPool {
     }
 
     /// Closes idle connections that `keep` rejects.
-    fn retain_idle(&self, keep: impl FnMut(&Idle<Box<ServerConn>>) -> bool) {
+    pub(super) fn retain_idle(&self, keep: impl FnMut(&Idle<Box<ServerConn>>) -> bool) {
         let gone = self.slots().retain_idle(keep);
         drop(gone);
     }
 
     /// Closes the pool: idle connections now, lent ones when returned.
-    fn close(&self) {
+    pub(super) fn close(&self) {
         let gone = self.slots().close();
         drop(gone);
     }
@@ -253,114 +262,4 @@ pub struct PoolSettings {
     pub lifetime: Option<Duration>,
     /// TLS towards servers, with the mode it was built for.
     pub tls: Option<(tokio_rustls::TlsConnector, crate::tls::ServerTlsMode)>,
-}
-
-#[derive(Hash, PartialEq, Eq, Clone)]
-struct PoolKey {
-    addr: Arc<str>,
-    database: Arc<str>,
-    user: Arc<str>,
-}
-
-/// Every pool pgsplit has opened.
-pub struct Pools {
-    settings: PoolSettings,
-    pools: Mutex<HashMap<PoolKey, ServerPool>>,
-}
-
-impl Pools {
-    pub fn new(settings: PoolSettings) -> Arc<Pools> {
-        Arc::new(Pools {
-            settings,
-            pools: Mutex::new(HashMap::new()),
-        })
-    }
-
-    /// The pool for (addr, database, user), created on first use. Sessions
-    /// keep the returned handle, so this map is not on the per-query path.
-    pub fn pool(&self, addr: &str, database: &str, user: &str, password: &str) -> ServerPool {
-        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        let key = PoolKey {
-            addr: addr.into(),
-            database: database.into(),
-            user: user.into(),
-        };
-        if let Some(p) = pools.get(&key) {
-            return p.clone();
-        }
-        let s = &self.settings;
-        let spec = ServerSpec {
-            addr: key.addr.clone(),
-            user: key.user.clone(),
-            database: key.database.clone(),
-            password: password.into(),
-            connect_timeout: s.connect_timeout,
-            tls: s.tls.clone(),
-        };
-        let pool = ServerPool::new(spec, s);
-        pools.insert(key, pool.clone());
-        pool
-    }
-
-    /// Closes idle connections past `server_idle_timeout` or
-    /// `server_lifetime`. Busy ones are judged when they come back.
-    pub fn sweep(&self) {
-        let pools: Vec<ServerPool> = self
-            .pools
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        let (idle, life) = (self.settings.idle_timeout, self.settings.lifetime);
-        for pool in pools {
-            pool.retain_idle(|entry| {
-                idle.is_none_or(|t| entry.since.elapsed() < t)
-                    && life.is_none_or(|t| entry.conn.created.elapsed() < t)
-            });
-        }
-    }
-
-    /// Runs [`Pools::sweep`] every second until `stop`.
-    pub async fn run_sweeper(self: Arc<Self>, stop: CancellationToken) {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tick.tick() => self.sweep(),
-            }
-        }
-    }
-
-    /// (idle, total) server connections per pool, for status output.
-    pub fn status(&self) -> Vec<(String, String, String, usize, usize)> {
-        let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut out: Vec<_> = pools
-            .iter()
-            .map(|(k, p)| {
-                let (idle, open, _) = p.counts();
-                (
-                    k.addr.to_string(),
-                    k.database.to_string(),
-                    k.user.to_string(),
-                    idle,
-                    open,
-                )
-            })
-            .collect();
-        out.sort();
-        out
-    }
-
-    /// Closes every pool (shutdown).
-    pub fn close(&self) {
-        for pool in self
-            .pools
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-        {
-            pool.close();
-        }
-    }
 }

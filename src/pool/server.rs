@@ -375,9 +375,30 @@ impl ServerConn {
     /// BackendKeyData; an ErrorResponse is returned after the
     /// ReadyForQuery that follows it (or at once if FATAL).
     async fn read_until_ready(&mut self) -> Result<(), ServerError> {
+        self.read_until_ready_with_row(None).await
+    }
+
+    /// Like `read_until_ready`, keeping the first DataRow's values as text.
+    async fn read_until_ready_with_row(
+        &mut self,
+        mut row: Option<&mut Vec<Option<String>>>,
+    ) -> Result<(), ServerError> {
         let mut failed = None;
         loop {
             match self.next_message().await? {
+                backend::Message::DataRow(body) => {
+                    if let Some(row) = row.take() {
+                        let buffer = body.buffer();
+                        let mut ranges = body.ranges();
+                        while let Ok(Some(range)) =
+                            fallible_iterator::FallibleIterator::next(&mut ranges)
+                        {
+                            row.push(
+                                range.map(|r| String::from_utf8_lossy(&buffer[r]).into_owned()),
+                            );
+                        }
+                    }
+                }
                 backend::Message::ReadyForQuery(body) => {
                     self.status = body.status();
                     return failed.map_or(Ok(()), Err);
@@ -415,6 +436,18 @@ impl ServerConn {
         frontend::query(sql, &mut out).map_err(|e| self.io(e))?;
         self.send(&out).await?;
         self.read_until_ready().await
+    }
+
+    /// Runs a simple-protocol query of pgsplit's own and returns its first
+    /// row as text (`None` for NULL); empty when it returned no row.
+    pub async fn query_row(&mut self, sql: &str) -> Result<Vec<Option<String>>, ServerError> {
+        self.unnamed_owner = None;
+        let mut out = BytesMut::with_capacity(sql.len() + 8);
+        frontend::query(sql, &mut out).map_err(|e| self.io(e))?;
+        self.send(&out).await?;
+        let mut row = Vec::new();
+        self.read_until_ready_with_row(Some(&mut row)).await?;
+        Ok(row)
     }
 
     /// Records a value the server reported in ParameterStatus.

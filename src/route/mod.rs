@@ -1,6 +1,10 @@
-//! Understanding statements: a lexer ([`lexer`]) and the recognition of
-//! statements that change session state ([`session`]). Read/write
-//! classification and the routing policy will live here too.
+//! Where statements go: a lexer ([`lexer`]), read/write classification
+//! ([`classify`]), the routing rules ([`policy`]), the choice among
+//! replicas ([`choose`]), and the recognition of statements that change
+//! session state ([`session`]).
 
+pub mod choose;
+pub mod classify;
 pub mod lexer;
+pub mod policy;
 pub mod session;

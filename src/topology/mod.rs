@@ -3,34 +3,78 @@
 //!
 //! Pools and sessions read snapshots and never call back in. Only the
 //! `static` source exists so far: it publishes the configured addresses
-//! once. Patroni and Kubernetes sources, role probing and health/lag come
-//! with the topology work and publish through the same channel.
+//! once. What changes between snapshots (health, WAL positions, lag, load)
+//! lives in [`state`], shared by every snapshot that has the member, and
+//! is kept current by [`probe`].
+
+pub mod probe;
+pub mod state;
 
 use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::config::{Config, DiscoveryConfig};
+pub use state::{now_nanos, ClusterState, MemberState};
 
 /// What a member does in its cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Role {
     Leader,
     Replica,
 }
 
 /// One PostgreSQL server of a cluster.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Member {
     /// `host:port`.
     pub addr: Arc<str>,
     pub role: Role,
+    /// Share of reads relative to other replicas (0: none).
+    pub weight: u32,
+    /// Zone, for the same-zone preference ("" when unknown).
+    pub zone: Arc<str>,
+    /// Health, WAL position, lag and load, updated in place.
+    pub state: Arc<MemberState>,
 }
 
+impl PartialEq for Member {
+    fn eq(&self, other: &Self) -> bool {
+        self.addr == other.addr
+            && self.role == other.role
+            && self.weight == other.weight
+            && self.zone == other.zone
+    }
+}
+
+impl Eq for Member {}
+
 /// One cluster's members.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ClusterTopology {
     pub name: String,
     pub members: Vec<Member>,
+    /// The leader's WAL history, for read-your-writes.
+    pub state: Arc<ClusterState>,
+}
+
+impl PartialEq for ClusterTopology {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.members == other.members
+    }
+}
+
+impl Eq for ClusterTopology {}
+
+impl Member {
+    fn new(addr: &str, role: Role, weight: u32, zone: &str) -> Member {
+        Member {
+            addr: addr.into(),
+            role,
+            weight,
+            zone: zone.into(),
+            state: Arc::default(),
+        }
+    }
 }
 
 impl ClusterTopology {
@@ -59,15 +103,13 @@ impl Topology {
             .iter()
             .map(|c| {
                 let members = match &c.discovery {
-                    DiscoveryConfig::Static { leader, replicas } => std::iter::once(Member {
-                        addr: leader.as_str().into(),
-                        role: Role::Leader,
-                    })
-                    .chain(replicas.iter().map(|r| Member {
-                        addr: r.as_str().into(),
-                        role: Role::Replica,
-                    }))
-                    .collect(),
+                    DiscoveryConfig::Static { leader, replicas } => {
+                        std::iter::once(Member::new(leader, Role::Leader, 1, ""))
+                            .chain(replicas.iter().map(|r| {
+                                Member::new(r.addr(), Role::Replica, r.weight(), r.zone())
+                            }))
+                            .collect()
+                    }
                     // Refused by config validation until these sources exist.
                     DiscoveryConfig::Patroni { .. } | DiscoveryConfig::Kubernetes { .. } => {
                         Vec::new()
@@ -76,6 +118,7 @@ impl Topology {
                 ClusterTopology {
                     name: c.name.clone(),
                     members,
+                    state: Arc::default(),
                 }
             })
             .collect();

@@ -53,6 +53,51 @@ impl TestEnv {
         }
     }
 
+    /// A leader with `replicas` replicas and pgsplit configured with the
+    /// text `config` makes from the cluster.
+    pub async fn start_with(
+        replicas: usize,
+        config: impl FnOnce(&LocalCluster) -> String,
+    ) -> TestEnv {
+        let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(replicas))
+            .await
+            .expect("cluster thread")
+            .expect("start the local cluster");
+        let text = config(&cluster);
+        let config =
+            Config::parse(&text, "test config", std::iter::empty()).expect("test config is valid");
+        let proxy = Proxy::start(config).await.expect("start pgsplit");
+        let addr = proxy.local_addr();
+        TestEnv {
+            proxy: Some(proxy),
+            addr,
+            cluster,
+        }
+    }
+
+    /// Superuser SQL on replica `i`.
+    pub fn replica_sql(&self, i: usize, sql: &str) -> String {
+        self.cluster
+            .psql(self.cluster.replicas[i].port, APP_DATABASE, sql)
+            .expect("psql on a replica")
+            .trim()
+            .to_string()
+    }
+
+    /// Waits until a read through `client` reaches a replica (the probes
+    /// have seen the replicas healthy).
+    pub async fn wait_for_replicas(&self, client: &Client) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while std::time::Instant::now() < deadline {
+            let row = client.query_one("SELECT pg_is_in_recovery()", &[]).await;
+            if row.is_ok_and(|r| r.get::<_, bool>(0)) {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("reads never reached a replica");
+    }
+
     /// A libpq URL for `user` through pgsplit.
     pub fn url_for(&self, user: &str, password: &str) -> String {
         format!(
@@ -99,7 +144,7 @@ impl TestEnv {
     /// asking).
     pub fn app_backends(&self) -> usize {
         self.leader_sql(&format!(
-            "SELECT count(*) FROM pg_stat_activity WHERE usename = '{APP_USER}' AND pid <> pg_backend_pid()"
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = '{APP_USER}' AND datname = current_database() AND pid <> pg_backend_pid()"
         ))
         .parse()
         .expect("a count")

@@ -69,7 +69,8 @@ fn flush_without_sync_keeps_server() {
 }
 
 fn statement(body: &'static [u8]) -> Arc<Statement> {
-    crate::client::statements::StatementRegistry::default().intern(Bytes::from_static(body))
+    crate::client::statements::StatementRegistry::default()
+        .intern(Bytes::from_static(body), Default::default)
 }
 
 #[test]
@@ -200,4 +201,24 @@ fn synthetic_encodings() {
         &Synthetic::CommandAndReady("DEALLOCATE").encode(b'T')[..],
         b"C\0\0\0\x0fDEALLOCATE\0Z\0\0\0\x05T"
     );
+}
+
+#[test]
+fn hidden_query_answer_is_dropped() {
+    let mut t = Tracker::default();
+    t.hidden_query();
+    send(&mut t, b"Q");
+    assert_eq!(recv(&mut t, b"CZ"), "", "the deferred BEGIN's answer");
+    assert!(!t.is_idle());
+    assert_eq!(recv(&mut t, b"TDCZ"), "TDCZ");
+    assert!(t.is_idle());
+}
+
+#[test]
+fn hidden_query_then_extended() {
+    let mut t = Tracker::default();
+    t.hidden_query();
+    send(&mut t, b"PBES");
+    assert_eq!(recv(&mut t, b"CZ12CZ"), "12CZ");
+    assert!(t.is_idle());
 }

@@ -1,0 +1,520 @@
+//! Where each request of a session runs: the session's half of routing.
+//!
+//! A request ("unit") is a simple Query, or extended-protocol messages up
+//! to and including a Sync. At the first message of a unit pgsplit looks
+//! at the whole unit as far as it has arrived and decides leader or
+//! replica: read-only alias, then a leading comment hint, then the
+//! session's `pgsplit.target`, then a deferred BEGIN, then the statements'
+//! classes ([`crate::route::policy`]). Then it makes sure the session holds
+//! a server of that role:
+//! - no server: one from the chosen member's pool;
+//! - a server of the other role that is idle and in sync: given back
+//!   (transaction mode) or parked for later (session mode), and the right
+//!   one taken;
+//! - a server inside a transaction: the unit stays with it (a write in a
+//!   read-only transaction fails with 25006, as PostgreSQL says);
+//! - a replica still busy with earlier requests while this one needs the
+//!   leader: client input waits until the replica is done, so pipelined
+//!   requests keep their order.
+//!
+//! A unit whose Execute has arrived but whose Sync has not goes to the
+//! leader: pgsplit cannot see the rest of it. A lone simple-query BEGIN
+//! is answered by pgsplit and sent ahead of the transaction's first
+//! request, once that request shows where the transaction belongs.
+//!
+//! Read-your-writes: when work that may have written ends on the leader
+//! (an autocommit write, or any transaction block there), the time is
+//! noted in a [`WriteMark`] (the session's own, or shared by the user's
+//! sessions). Later reads go only to replicas that have replayed the WAL
+//! position the first leader probe sent after that time saw; until such a
+//! probe has answered, and whenever no replica qualifies, they go to the
+//! leader. Nothing is added to the client's round trips.
+
+use bytes::Bytes;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::session::{CloseReason, Session};
+use crate::config::{LeaderReads, PoolMode, ReadYourWrites};
+use crate::pool::group::PoolGroup;
+use crate::pool::pools::PooledServer;
+use crate::route::choose::{choose_reader, Rng};
+use crate::route::classify::{Summary, Target};
+use crate::route::policy::{after_begin, decide, Decision};
+use crate::topology::{now_nanos, ClusterTopology, Member, Role};
+use crate::wire::frame::{peek_header, read_cstr, HEADER_LEN};
+use crate::wire::messages::ProxyError;
+
+/// When a session (or user) last finished work on the leader that may
+/// have written; 0 for never.
+#[derive(Debug, Default)]
+pub struct WriteMark(AtomicU64);
+
+impl WriteMark {
+    /// Work that may have written ended at `at` (see [`now_nanos`]).
+    pub fn note(&self, at: u64) {
+        self.0.fetch_max(at, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// A session's routing state.
+pub struct Routing {
+    pub cluster: String,
+    pub group: Arc<PoolGroup>,
+    /// Connected through a read-only alias: replicas only.
+    pub read_only: bool,
+    /// Role of the server the session holds.
+    pub held: Option<Role>,
+    /// Session mode: the server of the other role, kept for the session.
+    pub parked: Option<(PooledServer, Role)>,
+    /// The next client message starts a new unit.
+    pub unit_start: bool,
+    /// Client input waits until the held server is done.
+    pub blocked: bool,
+    /// A lone BEGIN pgsplit answered, to send ahead of the next unit.
+    deferred_begin: Option<Bytes>,
+    /// Work on the leader since the last idle ReadyForQuery may have written.
+    wrote: bool,
+    pub mark: Arc<WriteMark>,
+    /// (mark, leader WAL position) resolved for read-your-writes.
+    resolved: (u64, u64),
+    /// What the client's unnamed statement is, when known.
+    unnamed: Option<Summary>,
+    /// Unnamed Parses looked at by a scan and not yet forwarded.
+    scanned_unnamed: usize,
+    rng: Rng,
+}
+
+impl Routing {
+    pub fn new(
+        cluster: String,
+        group: Arc<PoolGroup>,
+        read_only: bool,
+        mark: Arc<WriteMark>,
+        seed: u64,
+    ) -> Routing {
+        Routing {
+            cluster,
+            group,
+            read_only,
+            held: None,
+            parked: None,
+            unit_start: true,
+            blocked: false,
+            deferred_begin: None,
+            wrote: false,
+            mark,
+            resolved: (0, 0),
+            unnamed: None,
+            scanned_unnamed: 0,
+            rng: Rng::new(seed),
+        }
+    }
+
+    /// A client message was forwarded: note unit boundaries and what
+    /// happens to the unnamed statement.
+    pub fn forwarded(&mut self, tag: u8, body: &[u8]) {
+        match tag {
+            b'P' if body.first() == Some(&0) => {
+                if self.scanned_unnamed > 0 {
+                    self.scanned_unnamed -= 1;
+                } else {
+                    self.unnamed = None;
+                }
+            }
+            b'Q' => self.unnamed = None,
+            _ => {}
+        }
+        self.unit_start = matches!(tag, b'S' | b'Q' | b'F');
+    }
+
+    /// ReadyForQuery with `status` from the held server.
+    pub fn server_ready(&mut self, status: u8) {
+        if self.held != Some(Role::Leader) {
+            return;
+        }
+        if status != b'I' {
+            // A transaction block on the leader: assume it writes.
+            self.wrote = true;
+        } else if self.wrote {
+            self.wrote = false;
+            self.mark.note(now_nanos());
+        }
+    }
+}
+
+/// What a routing point decided for the message at hand.
+pub(super) enum Point {
+    /// The session holds the right server: go on with the message.
+    Go,
+    /// Client input must wait until the held server is done.
+    Blocked,
+    /// The message was answered or dropped; look at the next one.
+    Handled,
+}
+
+/// What a scan of one unit found.
+struct Unit {
+    summary: Summary,
+    /// No statement and nothing executed (Sync, Flush, Describe, Close).
+    neutral: bool,
+    executes: bool,
+    /// Its Sync (or it is a Query) has arrived.
+    complete: bool,
+}
+
+/// Tags that can start a unit.
+const UNIT_TAGS: &[u8] = b"QPBDCEFSH";
+
+impl Session<'_> {
+    /// At a message that may start a unit: make sure the right server is
+    /// held. `ready` counts bytes of earlier messages not yet queued; they
+    /// are queued first whenever the held server may change.
+    pub(super) async fn route_point(
+        &mut self,
+        ready: &mut usize,
+        tag: u8,
+    ) -> Result<Point, CloseReason> {
+        let held = self.server.is_some();
+        if held && (!self.routing.unit_start || self.pinned || !UNIT_TAGS.contains(&tag)) {
+            return Ok(Point::Go);
+        }
+        let quiescent = held && self.server_quiescent();
+        if quiescent && self.server.as_ref().is_some_and(|s| s.status != b'I') {
+            // Inside a transaction: the unit belongs to it.
+            return Ok(Point::Go);
+        }
+        let decision = if UNIT_TAGS.contains(&tag) {
+            self.decide_unit(*ready, tag)
+        } else {
+            None
+        };
+        let target = match decision {
+            None if held => return Ok(Point::Go),
+            None if self.routing.read_only => Target::Replica,
+            None => Target::Leader,
+            Some(Decision::DeferBegin) if held && !quiescent => return Ok(Point::Blocked),
+            Some(Decision::DeferBegin) => {
+                self.defer_begin(ready);
+                return Ok(Point::Handled);
+            }
+            Some(Decision::To(t)) => t,
+        };
+        let role = match target {
+            Target::Leader => Role::Leader,
+            Target::Replica => Role::Replica,
+        };
+        if held {
+            if self.routing.held == Some(role) {
+                return Ok(Point::Go);
+            }
+            if !quiescent {
+                return Ok(if self.routing.held == Some(Role::Leader) {
+                    Point::Go
+                } else {
+                    Point::Blocked
+                });
+            }
+            self.queue_client_messages(*ready);
+            *ready = 0;
+            self.let_go_of_server().await;
+        }
+        if !self.take_server(role, tag).await? {
+            return Ok(Point::Handled);
+        }
+        if let Some(begin) = self.routing.deferred_begin.take() {
+            self.to_server.push(begin);
+            self.tracker.hidden_query();
+        }
+        Ok(Point::Go)
+    }
+
+    /// Whether everything sent to the held server has been answered.
+    pub(super) fn server_quiescent(&mut self) -> bool {
+        self.to_server.is_empty() && self.server_passthrough_done() && self.tracker.is_idle()
+    }
+
+    /// Where the unit starting at `at` goes; `None` when it has no
+    /// statement to route by.
+    fn decide_unit(&mut self, at: usize, tag: u8) -> Option<Decision> {
+        let routing = &self.shared.config.routing;
+        if self.routing.read_only {
+            return Some(Decision::To(Target::Replica));
+        }
+        if !routing.read_write_split {
+            return Some(Decision::To(Target::Leader));
+        }
+        let unit = self.scan_unit(at, tag);
+        if unit.neutral {
+            return None;
+        }
+        if unit.summary.first.is_some() && !unit.summary.reads_only() {
+            self.routing.wrote = true;
+        }
+        let to = |t| Some(Decision::To(t));
+        if let Some(hint) = unit.summary.hint {
+            return to(hint);
+        }
+        if let Some(t) = self.login.params.route_target() {
+            return to(t);
+        }
+        if self.routing.deferred_begin.is_some() {
+            return to(after_begin(&unit.summary, routing));
+        }
+        if unit.executes && !unit.complete {
+            return to(Target::Leader);
+        }
+        Some(decide(&unit.summary, routing, tag == b'Q'))
+    }
+
+    /// Looks at the messages of the unit starting at `at`, as far as they
+    /// have arrived.
+    fn scan_unit(&mut self, at: usize, tag: u8) -> Unit {
+        let shared = self.shared;
+        let standard = self.login.params.get("standard_conforming_strings") != Some("off");
+        let classify = |text: &[u8]| {
+            std::str::from_utf8(text).map_or_else(
+                |_| Summary::leader(),
+                |t| shared.classifier.classify(t, standard),
+            )
+        };
+        let input = &self.client_in[at..];
+        if tag == b'Q' {
+            let body = input.get(HEADER_LEN..).unwrap_or_default();
+            let text = read_cstr(body).map_or(&[][..], |(t, _)| t);
+            return Unit {
+                summary: classify(text),
+                neutral: false,
+                executes: true,
+                complete: true,
+            };
+        }
+        let session_mode = self.mode == PoolMode::Session;
+        let mut first: Option<Summary> = None;
+        let mut rest_reads_only = true;
+        let mut executes = false;
+        let mut complete = false;
+        let mut named: Vec<(&[u8], Summary)> = Vec::new();
+        let mut unnamed = self.routing.unnamed;
+        let mut scanned_unnamed = 0;
+        let mut pos = 0;
+        while let Ok(Some(h)) = peek_header(&input[pos..], usize::MAX) {
+            if input.len() - pos < h.total_len {
+                break;
+            }
+            let body = &input[pos + HEADER_LEN..pos + h.total_len];
+            pos += h.total_len;
+            let statement = match h.tag {
+                b'P' => {
+                    let (name, rest) = read_cstr(body).unwrap_or_default();
+                    let text = read_cstr(rest).map_or(&[][..], |(t, _)| t);
+                    let summary = if session_mode && !name.is_empty() {
+                        // Session mode: named statements live on the leader.
+                        Summary::leader()
+                    } else {
+                        classify(text)
+                    };
+                    if name.is_empty() {
+                        unnamed = Some(summary);
+                        scanned_unnamed += 1;
+                    } else {
+                        named.push((name, summary));
+                    }
+                    Some(summary)
+                }
+                b'B' => {
+                    executes = true;
+                    let name = read_cstr(body)
+                        .and_then(|(_, rest)| read_cstr(rest))
+                        .map_or(&[][..], |(n, _)| n);
+                    Some(if name.is_empty() {
+                        unnamed.unwrap_or_else(Summary::leader)
+                    } else if let Some((_, s)) = named.iter().rev().find(|(n, _)| *n == name) {
+                        *s
+                    } else if session_mode {
+                        Summary::leader()
+                    } else {
+                        std::str::from_utf8(name)
+                            .ok()
+                            .and_then(|n| self.statements.get(n))
+                            .map_or_else(Summary::leader, |s| s.summary)
+                    })
+                }
+                b'E' => {
+                    executes = true;
+                    None
+                }
+                b'S' => {
+                    complete = true;
+                    break;
+                }
+                b'D' | b'C' | b'H' => None,
+                b'Q' => break,
+                _ => {
+                    executes = true;
+                    Some(Summary::leader())
+                }
+            };
+            if let Some(s) = statement {
+                match first {
+                    None => first = Some(s),
+                    Some(_) => rest_reads_only &= s.reads_only(),
+                }
+            }
+        }
+        self.routing.unnamed = unnamed;
+        self.routing.scanned_unnamed += scanned_unnamed;
+        let neutral = first.is_none() && !executes;
+        let mut summary = first.unwrap_or_default();
+        summary.rest_reads_only &= rest_reads_only;
+        Unit {
+            summary,
+            neutral,
+            executes,
+            complete,
+        }
+    }
+
+    /// Answers a lone BEGIN and keeps it for the next unit.
+    fn defer_begin(&mut self, ready: &mut usize) {
+        self.queue_client_messages(*ready);
+        *ready = 0;
+        let Ok(Some(h)) = peek_header(&self.client_in, usize::MAX) else {
+            return;
+        };
+        let message = self.client_in.split_to(h.total_len).freeze();
+        let text = read_cstr(&message[HEADER_LEN..]).map_or(&[][..], |(t, _)| t);
+        let start = text
+            .trim_ascii_start()
+            .get(..5)
+            .is_some_and(|w| w.eq_ignore_ascii_case(b"start"));
+        self.to_client.push(Bytes::from_static(if start {
+            b"C\0\0\0\x16START TRANSACTION\0Z\0\0\0\x05T"
+        } else {
+            b"C\0\0\0\x0aBEGIN\0Z\0\0\0\x05T"
+        }));
+        self.routing.deferred_begin = Some(message);
+        self.routing.unit_start = true;
+    }
+
+    /// Gives back (transaction mode) or parks (session mode) the held
+    /// server, which is idle and in sync.
+    async fn let_go_of_server(&mut self) {
+        if self.mode == PoolMode::Transaction {
+            self.release_server().await;
+            return;
+        }
+        self.login.cancel.release().await;
+        if let (Some(server), Some(role)) = (self.server.take(), self.routing.held.take()) {
+            self.routing.parked = Some((server, role));
+        }
+    }
+
+    /// Takes a server of `role` (a replica may fall back to the leader).
+    /// Returns false when the request was answered with an error instead.
+    async fn take_server(&mut self, role: Role, tag: u8) -> Result<bool, CloseReason> {
+        let topology = self.shared.topology.borrow().clone();
+        let Some(cluster) = topology.cluster(&self.routing.cluster) else {
+            self.fail_request(
+                tag,
+                no_member(format!("cluster \"{}\" is not known", self.routing.cluster)),
+            );
+            return Ok(false);
+        };
+        let member = match self.pick_member(cluster, role) {
+            Ok(m) => m,
+            Err(e) => {
+                self.fail_request(tag, e);
+                return Ok(false);
+            }
+        };
+        if let Some((server, parked_role)) = self.routing.parked.take() {
+            if parked_role == member.role {
+                return self.hold(server, member.role).await.map(|_| true);
+            }
+            self.routing.parked = Some((server, parked_role));
+        }
+        let pool = self.routing.group.pool(member);
+        match Box::pin(self.acquire_server(pool)).await? {
+            Some(server) => self.hold(server, member.role).await.map(|_| true),
+            None => {
+                self.cancelled_while_waiting(tag);
+                Ok(false)
+            }
+        }
+    }
+
+    /// Holds `server` for `role` once it carries the client's settings.
+    async fn hold(&mut self, server: PooledServer, role: Role) -> Result<(), CloseReason> {
+        let server = self.prepare_server(server).await?;
+        self.routing.held = Some(role);
+        self.login.cancel.hold(server.cancel_target());
+        self.server = Some(server);
+        Ok(())
+    }
+
+    /// The member for `role`: the leader, or a replica chosen among those
+    /// that qualify (falling back to the leader as configured).
+    fn pick_member<'t>(
+        &mut self,
+        cluster: &'t ClusterTopology,
+        role: Role,
+    ) -> Result<&'t Member, ProxyError> {
+        let routing = &self.shared.config.routing;
+        let leader = || {
+            cluster.leader().ok_or_else(|| {
+                no_member(format!("no leader known for cluster \"{}\"", cluster.name))
+            })
+        };
+        if role == Role::Leader {
+            return leader();
+        }
+        let need = match self.need_lsn(cluster) {
+            Ok(need) => need,
+            // Read-your-writes cannot be judged yet: the leader is safe.
+            Err(()) => return leader(),
+        };
+        if let Some(m) = choose_reader(cluster, routing, need, &mut self.routing.rng) {
+            return Ok(m);
+        }
+        if self.routing.read_only {
+            return Err(no_member(
+                "no replica can serve this read-only database right now".into(),
+            ));
+        }
+        if routing.leader_reads == LeaderReads::Never {
+            return Err(no_member(
+                "no replica can take reads right now (leader_reads = \"never\")".into(),
+            ));
+        }
+        leader()
+    }
+
+    /// The WAL position a replica must have replayed for this client to see
+    /// its own writes; `Err` while it cannot be known yet.
+    fn need_lsn(&mut self, cluster: &ClusterTopology) -> Result<Option<u64>, ()> {
+        if self.shared.config.routing.read_your_writes == ReadYourWrites::Off
+            || self.routing.read_only
+        {
+            return Ok(None);
+        }
+        let wrote_at = self.routing.mark.get();
+        if wrote_at == 0 {
+            return Ok(None);
+        }
+        if self.routing.resolved.0 == wrote_at {
+            return Ok(Some(self.routing.resolved.1));
+        }
+        let lsn = cluster.state.leader_lsn_after(wrote_at).ok_or(())?;
+        self.routing.resolved = (wrote_at, lsn);
+        Ok(Some(lsn))
+    }
+}
+
+fn no_member(message: String) -> ProxyError {
+    ProxyError::error("57P03", message)
+}

@@ -1,0 +1,151 @@
+//! The pools of one (database, user): one [`ServerPool`] per member, made
+//! on first use. A session keeps its group, so choosing a member's pool is
+//! a lock and a lookup by address, without allocation. [`Pools`] holds
+//! every group, sweeps idle connections and closes everything at shutdown.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+use super::pools::{PoolSettings, ServerPool};
+use super::server::ServerSpec;
+use crate::topology::Member;
+
+/// The pools of one (database, user), by member address.
+pub struct PoolGroup {
+    database: Arc<str>,
+    user: Arc<str>,
+    password: Arc<str>,
+    settings: PoolSettings,
+    pools: Mutex<HashMap<Arc<str>, ServerPool>>,
+}
+
+impl PoolGroup {
+    /// The pool for `member`, created on first use.
+    pub fn pool(&self, member: &Member) -> ServerPool {
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(p) = pools.get(&*member.addr) {
+            return p.clone();
+        }
+        let s = &self.settings;
+        let spec = ServerSpec {
+            addr: member.addr.clone(),
+            user: self.user.clone(),
+            database: self.database.clone(),
+            password: self.password.clone(),
+            connect_timeout: s.connect_timeout,
+            tls: s.tls.clone(),
+        };
+        let pool = ServerPool::new(spec, member.state.clone(), s);
+        pools.insert(member.addr.clone(), pool.clone());
+        pool
+    }
+
+    fn each(&self) -> Vec<(Arc<str>, ServerPool)> {
+        let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        pools.iter().map(|(a, p)| (a.clone(), p.clone())).collect()
+    }
+}
+
+/// Every pool group pgsplit has opened.
+pub struct Pools {
+    settings: PoolSettings,
+    groups: Mutex<HashMap<(String, String), Arc<PoolGroup>>>,
+}
+
+impl Pools {
+    pub fn new(settings: PoolSettings) -> Arc<Pools> {
+        Arc::new(Pools {
+            settings,
+            groups: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The group for (database, user), created on first use. Sessions keep
+    /// it, so this map is looked at once per login.
+    pub fn group(&self, database: &str, user: &str, password: &str) -> Arc<PoolGroup> {
+        let mut groups = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        let key = (database.to_string(), user.to_string());
+        groups
+            .entry(key)
+            .or_insert_with(|| {
+                Arc::new(PoolGroup {
+                    database: database.into(),
+                    user: user.into(),
+                    password: password.into(),
+                    settings: self.settings.clone(),
+                    pools: Mutex::new(HashMap::new()),
+                })
+            })
+            .clone()
+    }
+
+    fn each(&self) -> Vec<(Arc<PoolGroup>, Arc<str>, ServerPool)> {
+        let groups: Vec<Arc<PoolGroup>> = self
+            .groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        groups
+            .into_iter()
+            .flat_map(|g| {
+                g.each()
+                    .into_iter()
+                    .map(move |(addr, pool)| (g.clone(), addr, pool))
+            })
+            .collect()
+    }
+
+    /// Closes idle connections past `server_idle_timeout` or
+    /// `server_lifetime`. Busy ones are judged when they come back.
+    pub fn sweep(&self) {
+        let (idle, life) = (self.settings.idle_timeout, self.settings.lifetime);
+        for (_, _, pool) in self.each() {
+            pool.retain_idle(|entry| {
+                idle.is_none_or(|t| entry.since.elapsed() < t)
+                    && life.is_none_or(|t| entry.conn.created.elapsed() < t)
+            });
+        }
+    }
+
+    /// Runs [`Pools::sweep`] every second until `stop`.
+    pub async fn run_sweeper(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => self.sweep(),
+            }
+        }
+    }
+
+    /// (addr, database, user, idle, open) per pool, for status output.
+    pub fn status(&self) -> Vec<(String, String, String, usize, usize)> {
+        let mut out: Vec<_> = self
+            .each()
+            .into_iter()
+            .map(|(g, addr, pool)| {
+                let (idle, open, _) = pool.counts();
+                (
+                    addr.to_string(),
+                    g.database.to_string(),
+                    g.user.to_string(),
+                    idle,
+                    open,
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Closes every pool (shutdown).
+    pub fn close(&self) {
+        for (_, _, pool) in self.each() {
+            pool.close();
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! Live facts about members that change between topology snapshots:
+//! health, WAL positions and lag (written by the probes), and how many
+//! server connections are lent (written by the pools). Atomics, so that
+//! routing reads them without a lock on the hot path.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError};
+use std::time::Instant;
+
+/// Leader WAL samples kept for read-your-writes (at the default probe
+/// interval, about 25 s of history).
+const LEADER_SAMPLES: usize = 256;
+
+/// Nanoseconds since the first call in this process: a monotonic clock
+/// that fits an atomic.
+pub fn now_nanos() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    // Never 0, so that 0 can mean "never".
+    EPOCH.get_or_init(Instant::now).elapsed().as_nanos() as u64 + 1
+}
+
+/// One member's live state.
+#[derive(Debug, Default)]
+pub struct MemberState {
+    /// The last probe succeeded.
+    healthy: AtomicBool,
+    /// A probe has succeeded at least once.
+    probed: AtomicBool,
+    /// Replicas: WAL replayed; leader: WAL written (as a byte position).
+    wal_lsn: AtomicU64,
+    lag_bytes: AtomicU64,
+    lag_millis: AtomicU64,
+    /// Server connections to this member lent to clients right now.
+    outstanding: AtomicUsize,
+}
+
+impl MemberState {
+    /// A probe answered: WAL position, and for replicas the lag.
+    pub fn probed_ok(&self, wal_lsn: u64, lag_bytes: u64, lag_millis: u64) {
+        self.wal_lsn.store(wal_lsn, Ordering::Relaxed);
+        self.lag_bytes.store(lag_bytes, Ordering::Relaxed);
+        self.lag_millis.store(lag_millis, Ordering::Relaxed);
+        self.probed.store(true, Ordering::Relaxed);
+        self.healthy.store(true, Ordering::Release);
+    }
+
+    /// A probe failed (connection refused, timeout, error).
+    pub fn probe_failed(&self) {
+        self.healthy.store(false, Ordering::Release);
+    }
+
+    /// Healthy as of the last probe (false before the first one).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire) && self.probed.load(Ordering::Relaxed)
+    }
+
+    pub fn wal_lsn(&self) -> u64 {
+        self.wal_lsn.load(Ordering::Relaxed)
+    }
+
+    pub fn lag_bytes(&self) -> u64 {
+        self.lag_bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn lag_millis(&self) -> u64 {
+        self.lag_millis.load(Ordering::Relaxed)
+    }
+
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.load(Ordering::Relaxed)
+    }
+
+    /// A server connection to this member was lent.
+    pub fn lent(&self) {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A lent server connection came back or was closed.
+    pub fn returned(&self) {
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One cluster's live state: the history of the leader's WAL position.
+#[derive(Debug, Default)]
+pub struct ClusterState {
+    /// (when the probe was sent, leader WAL position it saw), oldest first.
+    leader_samples: Mutex<VecDeque<(u64, u64)>>,
+}
+
+impl ClusterState {
+    /// A leader probe sent at `sent_at` saw the WAL at `lsn`.
+    pub fn leader_sample(&self, sent_at: u64, lsn: u64) {
+        let mut samples = self
+            .leader_samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if samples.len() == LEADER_SAMPLES {
+            samples.pop_front();
+        }
+        samples.push_back((sent_at, lsn));
+    }
+
+    /// The newest leader WAL position seen.
+    pub fn latest_leader_lsn(&self) -> Option<u64> {
+        let samples = self
+            .leader_samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        samples.back().map(|(_, lsn)| *lsn)
+    }
+
+    /// The leader's WAL position at some moment after `since`: the first
+    /// sample whose probe was sent after it. Every commit before `since` is
+    /// at or below it. `None` until such a sample exists.
+    pub fn leader_lsn_after(&self, since: u64) -> Option<u64> {
+        let samples = self
+            .leader_samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        samples
+            .iter()
+            .find(|(sent_at, _)| *sent_at > since)
+            .map(|(_, lsn)| *lsn)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leader_position_after_a_moment() {
+        let c = ClusterState::default();
+        assert_eq!(c.leader_lsn_after(5), None);
+        c.leader_sample(10, 100);
+        c.leader_sample(20, 150);
+        assert_eq!(c.leader_lsn_after(5), Some(100));
+        assert_eq!(c.leader_lsn_after(10), Some(150));
+        assert_eq!(c.leader_lsn_after(20), None);
+        for i in 0..LEADER_SAMPLES as u64 {
+            c.leader_sample(100 + i, 1000 + i);
+        }
+        assert_eq!(c.leader_lsn_after(0), Some(1000), "oldest kept sample");
+    }
+
+    #[test]
+    fn health_needs_a_probe() {
+        let m = MemberState::default();
+        assert!(!m.is_healthy());
+        m.probed_ok(10, 0, 0);
+        assert!(m.is_healthy());
+        m.probe_failed();
+        assert!(!m.is_healthy());
+        m.lent();
+        assert_eq!(m.outstanding(), 1);
+        m.returned();
+        assert_eq!(m.outstanding(), 0);
+    }
+
+    #[test]
+    fn clock_is_monotonic_and_never_zero() {
+        let a = now_nanos();
+        let b = now_nanos();
+        assert!(a > 0 && b >= a);
+    }
+}
