@@ -3,7 +3,8 @@
 //! statement across servers, and simple queries that change session state
 //! (SET, DEALLOCATE, DISCARD ALL, and what pins a client to its server).
 //!
-//! In session mode the server is the client's own and nothing is rewritten.
+//! In session mode without read/write splitting the server is the
+//! client's own and nothing is rewritten.
 
 use bytes::{BufMut, Bytes};
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use super::tracker::Synthetic;
 use crate::config::PoolMode;
 use crate::route::classify::Summary;
 use crate::route::session::{effects, may_have_effects, Effect};
-use crate::wire::frame::{read_cstr, Header, HEADER_LEN};
+use crate::wire::frame::{peek_header, read_cstr, Header, HEADER_LEN};
 use crate::wire::messages::ProxyError;
 
 /// The name at the start of a message body (`&[]` if malformed).
@@ -23,6 +24,13 @@ fn leading_name(body: &[u8]) -> &[u8] {
 }
 
 impl Session<'_> {
+    /// Statements are pooled (and session state tracked) in transaction
+    /// mode, and in session mode with read/write splitting, where a
+    /// session's statements must exist on its leader and replica servers.
+    pub(super) fn pooled_statements(&self) -> bool {
+        self.mode == PoolMode::Transaction || self.shared.config.routing.read_write_split
+    }
+
     fn standard_strings(&self) -> bool {
         self.login.params.get("standard_conforming_strings") != Some("off")
     }
@@ -41,12 +49,7 @@ impl Session<'_> {
     /// returns true when it must go through [`Session::rewrite`] instead of
     /// being forwarded as is. Also notes what a simple Query changes.
     pub(super) fn needs_rewrite(&mut self, tag: u8, body: &[u8]) -> bool {
-        if self.mode != PoolMode::Transaction {
-            if tag == b'Q' && self.shared.config.routing.read_write_split {
-                // Session mode with splitting: settings follow the client to
-                // its other server; untrackable state keeps it where it is.
-                self.note_session_effects(leading_name(body));
-            }
+        if !self.pooled_statements() {
             return false;
         }
         match tag {
@@ -102,19 +105,6 @@ impl Session<'_> {
         }
         let text = std::str::from_utf8(text).ok()?;
         Some(effects(text, self.standard_strings()))
-    }
-
-    /// Session mode: records SET/RESET and pins on untrackable state.
-    fn note_session_effects(&mut self, text: &[u8]) {
-        let Some(found) = self.effects_of(text) else {
-            return;
-        };
-        for effect in &found {
-            if let Effect::Pin(reason) = effect {
-                self.pin(reason);
-            }
-        }
-        self.login.params.record_effects(found);
     }
 
     fn forget_server_statements(&mut self) {
@@ -231,6 +221,42 @@ impl Session<'_> {
         self.to_client
             .push(Bytes::from_static(b"1\0\0\0\x04Z\0\0\0\x05I"));
         parse_len + HEADER_LEN
+    }
+
+    /// Answers Close of named statements followed by Sync without taking
+    /// a server, when the client holds none: closing a client's name never
+    /// touches a server (the pooled statement stays), and drivers such as
+    /// tokio-postgres send this pair after every one-off query. Returns the
+    /// bytes consumed, or 0.
+    pub(super) fn answer_close(&mut self, at: usize) -> usize {
+        if self.mode != PoolMode::Transaction || self.server.is_some() {
+            return 0;
+        }
+        let input = &self.client_in[at..];
+        let mut pos = 0;
+        let mut names = Vec::new();
+        while let Ok(Some(h)) = peek_header(&input[pos..], usize::MAX) {
+            if input.len() - pos < h.total_len {
+                return 0;
+            }
+            let body = &input[pos + HEADER_LEN..pos + h.total_len];
+            match (h.tag, body.first()) {
+                (b'C', Some(b'S')) if body.len() > 2 => names.push(leading_name(&body[1..])),
+                (b'S', _) if !names.is_empty() => {
+                    let consumed = pos + h.total_len;
+                    for name in names {
+                        let name = String::from_utf8_lossy(name).into_owned();
+                        self.statements.remove(&name);
+                        self.to_client.push(Bytes::from_static(b"3\0\0\0\x04"));
+                    }
+                    self.to_client.push(Bytes::from_static(b"Z\0\0\0\x05I"));
+                    return consumed;
+                }
+                _ => return 0,
+            }
+            pos += h.total_len;
+        }
+        0
     }
 
     /// Handles a message [`Session::needs_rewrite`] picked.

@@ -293,7 +293,6 @@ impl Session<'_> {
                 complete: true,
             };
         }
-        let session_mode = self.mode == PoolMode::Session;
         let mut first: Option<Summary> = None;
         let mut rest_reads_only = true;
         let mut executes = false;
@@ -312,12 +311,7 @@ impl Session<'_> {
                 b'P' => {
                     let (name, rest) = read_cstr(body).unwrap_or_default();
                     let text = read_cstr(rest).map_or(&[][..], |(t, _)| t);
-                    let summary = if session_mode && !name.is_empty() {
-                        // Session mode: named statements live on the leader.
-                        Summary::leader()
-                    } else {
-                        classify(text)
-                    };
+                    let summary = classify(text);
                     if name.is_empty() {
                         unnamed = Some(summary);
                         scanned_unnamed += 1;
@@ -335,8 +329,6 @@ impl Session<'_> {
                         unnamed.unwrap_or_else(Summary::leader)
                     } else if let Some((_, s)) = named.iter().rev().find(|(n, _)| *n == name) {
                         *s
-                    } else if session_mode {
-                        Summary::leader()
                     } else {
                         std::str::from_utf8(name)
                             .ok()
@@ -481,6 +473,7 @@ impl Session<'_> {
         if let Some(m) = choose_reader(cluster, routing, need, &mut self.routing.rng) {
             return Ok(m);
         }
+
         if self.routing.read_only {
             return Err(no_member(
                 "no replica can serve this read-only database right now".into(),

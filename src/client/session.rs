@@ -359,10 +359,15 @@ impl Session<'_> {
                 }
                 self.skip_to_sync = false;
             }
-            if self.server.is_none() && header.tag == b'P' {
-                let answered = self.answer_prepare(ready, header.total_len);
+            if self.server.is_none() && matches!(header.tag, b'P' | b'C') {
+                let answered = if header.tag == b'P' {
+                    self.answer_prepare(ready, header.total_len)
+                } else {
+                    self.answer_close(ready)
+                };
                 if answered > 0 {
                     let _ = self.client_in.split_to(answered);
+                    self.routing.unit_start = true;
                     continue;
                 }
             }

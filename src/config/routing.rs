@@ -61,8 +61,8 @@ pub struct RoutingConfig {
     /// A replica further behind the leader's WAL than this leaves the read
     /// set; 0 = no limit.
     pub max_replica_lag_bytes: ByteSize,
-    /// A replica whose last replayed transaction is older than this while
-    /// WAL is waiting to be replayed leaves the read set; 0 = no limit.
+    /// A replica missing WAL the leader had this long ago leaves the read
+    /// set; 0 = no limit.
     pub max_replica_lag_seconds: Seconds,
     /// How often each member's health and WAL position are probed.
     pub probe_interval: Seconds,

@@ -33,6 +33,9 @@ pub enum Class {
     Begin { read_only: bool },
     /// `SET TRANSACTION ... READ ONLY`.
     SetTransactionReadOnly,
+    /// SET / RESET of a session setting: changes no data (pgsplit carries
+    /// it to every server the session uses), runs on the leader.
+    Session,
     /// COMMIT, ROLLBACK, SAVEPOINT, ...: goes wherever its transaction is.
     TransactionControl,
 }
@@ -185,6 +188,7 @@ enum Start {
     MaybeRead,
     Begin,
     Set,
+    Reset,
     TransactionControl,
     Other,
 }
@@ -273,6 +277,8 @@ impl StatementScan {
                 read_only: self.read_only,
             },
             Start::Set if self.set_transaction && self.read_only => Class::SetTransactionReadOnly,
+            Start::Set if !self.set_transaction => Class::Session,
+            Start::Reset => Class::Session,
             Start::TransactionControl => Class::TransactionControl,
             _ => Class::Write,
         })
@@ -292,6 +298,8 @@ fn first_word(sql: &str, token: &Token) -> Start {
         Start::Begin
     } else if is("set") {
         Start::Set
+    } else if is("reset") {
+        Start::Reset
     } else if is("commit")
         || is("end")
         || is("rollback")
@@ -387,7 +395,6 @@ mod tests {
             "CALL p()",
             "LOCK TABLE t",
             "(SELECT 1)",
-            "SET search_path = x",
             "LISTEN c",
         ] {
             assert_eq!(class(sql), Some(Class::Write), "{sql}");
@@ -414,6 +421,12 @@ mod tests {
             Some(Class::SetTransactionReadOnly)
         );
         assert_eq!(class("SET TRANSACTION READ WRITE"), Some(Class::Write));
+        assert_eq!(class("SET search_path = x"), Some(Class::Session));
+        assert_eq!(class("reset all"), Some(Class::Session));
+        assert_eq!(
+            class("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY"),
+            Some(Class::Session)
+        );
         assert_eq!(class("COMMIT"), Some(Class::TransactionControl));
         assert_eq!(
             class("rollback to savepoint a"),

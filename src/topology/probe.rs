@@ -1,9 +1,12 @@
 //! Health and WAL probes: one task per member keeps a connection of its
 //! own and asks, every `probe_interval`, whether the member is in recovery
-//! and where its WAL is (written on the leader, replayed on a replica),
-//! plus how old a replica's last replayed transaction is while WAL waits
-//! to be replayed. Results go into the member's [`MemberState`]; leader
-//! positions also into the cluster's history for read-your-writes.
+//! and where its WAL is (written on the leader, replayed on a replica).
+//! Results go into the member's [`MemberState`]; leader positions also
+//! into the cluster's history, which read-your-writes uses and which gives
+//! a replica's time lag: how long ago the leader first had WAL the replica
+//! has not replayed. (The usual `now() - pg_last_xact_replay_timestamp()`
+//! is not used: after a quiet hour it reports an hour of lag for the
+//! instant between receiving a new commit and replaying it.)
 //!
 //! A member that does not answer within the interval (at least 1 s) is
 //! unhealthy until it answers again. Tasks follow the topology: members
@@ -17,15 +20,10 @@ use tokio_util::sync::CancellationToken;
 use super::{now_nanos, ClusterState, MemberState, Role, TopologyWatch};
 use crate::pool::server::{ServerConn, ServerSpec};
 
-/// One round trip: recovery state, WAL position in bytes, replay age in
-/// milliseconds while WAL waits to be replayed (else 0).
+/// One round trip: recovery state and WAL position in bytes.
 const PROBE_SQL: &str = "SELECT pg_is_in_recovery(), \
      (CASE WHEN pg_is_in_recovery() THEN COALESCE(pg_last_wal_replay_lsn(), '0/0') \
-      ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::bigint, \
-     CASE WHEN NOT pg_is_in_recovery() \
-          OR pg_last_wal_receive_lsn() IS NULL \
-          OR pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn() THEN 0 \
-     ELSE COALESCE((EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, 0) END";
+      ELSE pg_current_wal_lsn() END - '0/0'::pg_lsn)::bigint";
 
 /// How probes connect and how often they run.
 #[derive(Clone)]
@@ -40,7 +38,6 @@ pub struct ProbeSettings {
 pub struct Probe {
     pub in_recovery: bool,
     pub wal_lsn: u64,
-    pub replay_age_millis: u64,
 }
 
 impl Probe {
@@ -50,7 +47,6 @@ impl Probe {
         Some(Probe {
             in_recovery: text(0)? == "t",
             wal_lsn: text(1)?.parse().ok()?,
-            replay_age_millis: text(2)?.parse::<i64>().ok()?.max(0) as u64,
         })
     }
 }
@@ -135,7 +131,8 @@ async fn probe_member(
                     Role::Replica => {
                         let leader = cluster.latest_leader_lsn().unwrap_or(probe.wal_lsn);
                         let lag = leader.saturating_sub(probe.wal_lsn);
-                        member.probed_ok(probe.wal_lsn, lag, probe.replay_age_millis);
+                        let lag_millis = cluster.lag_nanos(probe.wal_lsn, now_nanos()) / 1_000_000;
+                        member.probed_ok(probe.wal_lsn, lag, lag_millis);
                     }
                 }
             }
@@ -168,18 +165,13 @@ mod tests {
     fn reads_a_probe_row() {
         let row = |v: &[&str]| v.iter().map(|s| Some(s.to_string())).collect::<Vec<_>>();
         assert_eq!(
-            Probe::from_row(&row(&["t", "12345", "250"])),
+            Probe::from_row(&row(&["t", "12345"])),
             Some(Probe {
                 in_recovery: true,
                 wal_lsn: 12345,
-                replay_age_millis: 250
             })
         );
-        assert_eq!(
-            Probe::from_row(&row(&["f", "9", "-3"])).map(|p| p.replay_age_millis),
-            Some(0)
-        );
-        assert_eq!(Probe::from_row(&row(&["f", "x", "0"])), None);
+        assert_eq!(Probe::from_row(&row(&["f", "x"])), None);
         assert_eq!(Probe::from_row(&[Some("t".into()), None, None]), None);
     }
 }

@@ -111,6 +111,21 @@ impl ClusterState {
         samples.back().map(|(_, lsn)| *lsn)
     }
 
+    /// How long ago the leader first had WAL beyond `replayed`: the time
+    /// lag of a replica that has replayed up to there, measured on one
+    /// clock (pgsplit's). Zero when the replica has everything the leader
+    /// was last seen with.
+    pub fn lag_nanos(&self, replayed: u64, now: u64) -> u64 {
+        let samples = self
+            .leader_samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        samples
+            .iter()
+            .find(|(_, lsn)| *lsn > replayed)
+            .map_or(0, |(sent_at, _)| now.saturating_sub(*sent_at))
+    }
+
     /// The leader's WAL position at some moment after `since`: the first
     /// sample whose probe was sent after it. Every commit before `since` is
     /// at or below it. `None` until such a sample exists.
@@ -143,6 +158,21 @@ mod tests {
             c.leader_sample(100 + i, 1000 + i);
         }
         assert_eq!(c.leader_lsn_after(0), Some(1000), "oldest kept sample");
+    }
+
+    #[test]
+    fn time_lag_from_the_leader_history() {
+        let c = ClusterState::default();
+        c.leader_sample(1_000, 100);
+        c.leader_sample(2_000, 200);
+        c.leader_sample(3_000, 300);
+        assert_eq!(c.lag_nanos(300, 5_000), 0, "caught up");
+        assert_eq!(
+            c.lag_nanos(250, 5_000),
+            2_000,
+            "missing what the leader had at 3000"
+        );
+        assert_eq!(c.lag_nanos(50, 5_000), 4_000);
     }
 
     #[test]
