@@ -489,3 +489,40 @@ async fn lagging_replica_leaves_the_read_set_until_it_replays() {
         "b came back after replaying"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_reads_and_writes_keep_their_order_and_roles() {
+    let env = TestEnv::start(2, "pool_size = 4").await;
+    let c = env.connect().await;
+    env.wait_for_replicas(&c).await;
+    c.batch_execute("CREATE TABLE pipe(x int)").await.unwrap();
+    let p = env.connect().await;
+    env.wait_for_replicas(&p).await;
+    let read = p.prepare("SELECT pg_is_in_recovery()").await.unwrap();
+    let write = p
+        .prepare("INSERT INTO pipe VALUES ($1) RETURNING pg_is_in_recovery()")
+        .await
+        .unwrap();
+    for i in 0..50i32 {
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 1] = [&i];
+        // tokio-postgres pipelines requests issued together on one
+        // connection: a read, a write behind it, another read.
+        let (r1, w, r2) = tokio::join!(
+            p.query_one(&read, &[]),
+            p.query_one(&write, &params),
+            p.query_one(&read, &[]),
+        );
+        r1.unwrap();
+        r2.unwrap();
+        assert!(
+            !w.unwrap().get::<_, bool>(0),
+            "a pipelined write reached a replica"
+        );
+    }
+    let n: i64 = c
+        .query_one("/* pgsplit:leader */ SELECT count(*) FROM pipe", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 50);
+}
