@@ -7,7 +7,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -21,7 +20,7 @@ use crate::pool::cancel::CancelRegistry;
 use crate::pool::group::Pools;
 use crate::pool::pools::PoolSettings;
 use crate::route::classify::Classifier;
-use crate::topology::{self, Topology, TopologyWatch};
+use crate::topology::{self, TopologyWatch};
 
 /// State every client task shares.
 pub struct Shared {
@@ -110,7 +109,7 @@ pub struct Proxy {
     shared: Arc<Shared>,
     stop: CancellationToken,
     accept_task: JoinHandle<()>,
-    _topology: watch::Sender<Arc<Topology>>,
+    _topology: topology::TopologySender,
 }
 
 impl Proxy {
@@ -162,12 +161,23 @@ impl Proxy {
             next_client_id: AtomicU64::new(1),
         });
         let stop = CancellationToken::new();
-        tokio::spawn(pools.run_sweeper(stop.clone()));
+        tokio::spawn(pools.clone().run_sweeper(stop.clone()));
+        let interval = shared.config.routing.probe_interval.0;
         tokio::spawn(topology::probe::run(
             shared.topology.clone(),
             probes,
             stop.clone(),
         ));
+        tokio::spawn(topology::roles::run(
+            topology_tx.clone(),
+            interval,
+            stop.clone(),
+        ));
+        tokio::spawn(
+            pools
+                .clone()
+                .follow_topology(shared.topology.clone(), stop.clone()),
+        );
         let accept_task = tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
         tracing::info!(listen = %local_addr, "pgsplit is accepting clients");
         Ok(Proxy {

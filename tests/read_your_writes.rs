@@ -33,12 +33,18 @@ async fn write_then_read(writer: &Client, reader: &Client, table: &str, n: i32) 
         .prepare(&format!("INSERT INTO {table} VALUES ($1)"))
         .await
         .unwrap();
-    let select = reader
-        .prepare(&format!(
-            "SELECT (SELECT count(*) FROM {table} WHERE id = $1), pg_is_in_recovery()"
-        ))
-        .await
-        .unwrap();
+    // Without read-your-writes the reader's Parse may reach a replica that
+    // has not replayed the CREATE TABLE yet: retry until it has.
+    let text = format!("SELECT (SELECT count(*) FROM {table} WHERE id = $1), pg_is_in_recovery()");
+    let mut select = reader.prepare(&text).await;
+    for _ in 0..100 {
+        if select.is_ok() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        select = reader.prepare(&text).await;
+    }
+    let select = select.unwrap();
     let (mut stale, mut on_replica) = (0, 0);
     for i in 0..n {
         writer.execute(&insert, &[&i]).await.unwrap();
@@ -64,6 +70,27 @@ async fn own_writes_are_never_missing() {
     let (stale, on_replica) = write_then_read(&c, &c, "ryw_session", 1000).await;
     println!("read-your-writes on: {stale} stale of 1000, {on_replica} served by replicas");
     assert_eq!(stale, 0, "a client missed its own committed write");
+    // Once the replicas have replayed a write, its writer reads from them.
+    let insert = c
+        .prepare("INSERT INTO ryw_session VALUES ($1)")
+        .await
+        .unwrap();
+    let select = c
+        .prepare("SELECT (SELECT count(*) FROM ryw_session WHERE id = $1), pg_is_in_recovery()")
+        .await
+        .unwrap();
+    let mut replica_reads = 0;
+    for i in 1000..1005 {
+        c.execute(&insert, &[&i]).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+        let row = c.query_one(&select, &[&i]).await.unwrap();
+        assert_eq!(row.get::<_, i64>(0), 1, "stale after waiting");
+        replica_reads += row.get::<_, bool>(1) as usize;
+    }
+    assert!(
+        replica_reads > 0,
+        "reads never returned to replicas after they caught up"
+    );
 
     // Per user: another connection of the same user sees the writes too.
     let (user_proxy, user_url) = second_proxy(&env, "read_your_writes = \"user\"").await;

@@ -15,12 +15,14 @@ use super::close::CloseReason;
 use super::params::ClientParams;
 use super::routing::Routing;
 use crate::config::PoolMode;
+use crate::config::RoutingConfig;
 use crate::pool::cancel::{CancelKey, CancelSlot};
 use crate::pool::pools::{CheckoutError, PooledServer};
 use crate::pool::server::ServerError;
 use crate::proxy::Shared;
 use crate::route::choose::{choose_reader, Rng};
 use crate::stream::Stream;
+use crate::topology::{ClusterTopology, Member};
 use crate::wire::messages::{self, ProxyError};
 use crate::wire::startup::{self, StartupPacket};
 
@@ -318,11 +320,7 @@ async fn finish_login(
     // The login server: the leader, or a replica for a read-only alias.
     let topology = shared.topology.borrow().clone();
     let members = topology.cluster(&cluster.name);
-    let home = if read_only {
-        members.and_then(|c| choose_reader(c, routing_config, None, &mut Rng::new(client_id)))
-    } else {
-        members.and_then(|c| c.leader())
-    };
+    let home = members.and_then(|c| login_member(c, routing_config, read_only, client_id));
     let home = home.ok_or_else(|| {
         let what = if read_only {
             "no replica available"
@@ -387,6 +385,23 @@ async fn finish_login(
         cancel,
     };
     Ok((login, server, routing))
+}
+
+/// The member a client logs in through: the leader, or a replica for a
+/// read-only alias. During a failover (no leader known) a client can still
+/// log in through a replica and read; its writes wait for the new leader.
+fn login_member<'t>(
+    cluster: &'t ClusterTopology,
+    routing: &RoutingConfig,
+    read_only: bool,
+    seed: u64,
+) -> Option<&'t Member> {
+    let replica = || choose_reader(cluster, routing, None, &mut Rng::new(seed));
+    if read_only {
+        replica()
+    } else {
+        cluster.leader().or_else(replica)
+    }
 }
 
 /// The error a client sees when no server connection could be had.

@@ -38,10 +38,12 @@ use super::session::{CloseReason, Session};
 use crate::config::{LeaderReads, PoolMode, ReadYourWrites};
 use crate::pool::group::PoolGroup;
 use crate::pool::pools::PooledServer;
+use crate::pool::pools::{discard, CheckoutError};
+use crate::pool::server::ServerError;
 use crate::route::choose::{choose_reader, Rng};
 use crate::route::classify::{Summary, Target};
 use crate::route::policy::{after_begin, decide, Decision};
-use crate::topology::{now_nanos, ClusterTopology, Member, Role};
+use crate::topology::{now_nanos, ClusterTopology, Member, MemberState, Role};
 use crate::wire::frame::{peek_header, read_cstr, HEADER_LEN};
 use crate::wire::messages::ProxyError;
 
@@ -69,6 +71,8 @@ pub struct Routing {
     pub read_only: bool,
     /// Role of the server the session holds.
     pub held: Option<Role>,
+    /// Live state of the member the held server belongs to.
+    pub held_member: Option<Arc<MemberState>>,
     /// Session mode: the server of the other role, kept for the session.
     pub parked: Option<(PooledServer, Role)>,
     /// The next client message starts a new unit.
@@ -102,6 +106,7 @@ impl Routing {
             group,
             read_only,
             held: None,
+            held_member: None,
             parked: None,
             unit_start: true,
             blocked: false,
@@ -130,6 +135,14 @@ impl Routing {
             _ => {}
         }
         self.unit_start = matches!(tag, b'S' | b'Q' | b'F');
+    }
+
+    /// The held server reported `in_hot_standby`: the member's role as it
+    /// says it.
+    pub fn server_recovery(&mut self, in_recovery: bool) {
+        if let Some(member) = &self.held_member {
+            member.observed(in_recovery);
+        }
     }
 
     /// ReadyForQuery with `status` from the held server.
@@ -401,49 +414,124 @@ impl Session<'_> {
             return;
         }
         self.login.cancel.release().await;
+        self.routing.held_member = None;
         if let (Some(server), Some(role)) = (self.server.take(), self.routing.held.take()) {
             self.routing.parked = Some((server, role));
         }
     }
 
     /// Takes a server of `role` (a replica may fall back to the leader).
+    /// While the cluster has no leader, a request for one waits for the
+    /// topology to name one, up to `leader_wait_timeout`. A new connection
+    /// for the leader that reports it is in recovery (`in_hot_standby`) is
+    /// closed, the member is marked as in recovery, and the wait goes on.
     /// Returns false when the request was answered with an error instead.
     async fn take_server(&mut self, role: Role, tag: u8) -> Result<bool, CloseReason> {
-        let topology = self.shared.topology.borrow().clone();
-        let Some(cluster) = topology.cluster(&self.routing.cluster) else {
-            self.fail_request(
-                tag,
-                no_member(format!("cluster \"{}\" is not known", self.routing.cluster)),
-            );
-            return Ok(false);
-        };
-        let member = match self.pick_member(cluster, role) {
-            Ok(m) => m,
-            Err(e) => {
+        let wait = self.shared.config.routing.leader_wait_timeout.0;
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut topology = self.shared.topology.clone();
+        loop {
+            let snapshot = topology.borrow_and_update().clone();
+            let Some(cluster) = snapshot.cluster(&self.routing.cluster) else {
+                let e = no_member(format!("cluster \"{}\" is not known", self.routing.cluster));
                 self.fail_request(tag, e);
                 return Ok(false);
+            };
+            let member = match self.pick_member(cluster, role) {
+                Ok(m) => m.clone(),
+                Err(Pick::Refused(e)) => {
+                    self.fail_request(tag, e);
+                    return Ok(false);
+                }
+                Err(Pick::NoLeader) => {
+                    if !self.wait_for_topology(&mut topology, deadline, tag).await? {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+            };
+            if let Some((server, parked_role)) = self.routing.parked.take() {
+                if parked_role == member.role {
+                    self.hold(server, &member).await?;
+                    return Ok(true);
+                }
+                self.routing.parked = Some((server, parked_role));
             }
-        };
-        if let Some((server, parked_role)) = self.routing.parked.take() {
-            if parked_role == member.role {
-                return self.hold(server, member.role).await.map(|_| true);
+            let pool = self.routing.group.pool(&member);
+            let server = match Box::pin(self.acquire_server(pool)).await {
+                Ok(Some(server)) => server,
+                Ok(None) => {
+                    self.cancelled_while_waiting(tag);
+                    return Ok(false);
+                }
+                // The leader cannot be reached (it may be failing over):
+                // wait for the topology rather than fail the request.
+                Err(CheckoutError::Connect(ServerError::Io { .. } | ServerError::Timeout(_)))
+                    if member.role == Role::Leader =>
+                {
+                    if !self.wait_for_topology(&mut topology, deadline, tag).await? {
+                        return Ok(false);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(self.no_server(e).await),
+            };
+            if member.role == Role::Leader && server.reported("in_hot_standby") == Some("on") {
+                tracing::warn!(member = %member.addr, "a server opened for the leader is in recovery; waiting for the topology");
+                member.state.observed(true);
+                discard(server);
+                if !self.wait_for_topology(&mut topology, deadline, tag).await? {
+                    return Ok(false);
+                }
+                continue;
             }
-            self.routing.parked = Some((server, parked_role));
+            self.hold(server, &member).await?;
+            return Ok(true);
         }
-        let pool = self.routing.group.pool(member);
-        match Box::pin(self.acquire_server(pool)).await? {
-            Some(server) => self.hold(server, member.role).await.map(|_| true),
+    }
+
+    /// Waits for the next topology snapshot until `deadline`. Returns
+    /// false when the request was answered instead: 57P03 at the deadline,
+    /// 57014 when the client cancelled.
+    async fn wait_for_topology(
+        &mut self,
+        topology: &mut crate::topology::TopologyWatch,
+        deadline: tokio::time::Instant,
+        tag: u8,
+    ) -> Result<bool, CloseReason> {
+        self.login.cancel.begin_wait();
+        let changed = tokio::select! {
+            r = tokio::time::timeout_at(deadline, topology.changed()) => Some(r),
+            _ = self.login.cancel.cancelled() => None,
+        };
+        let cancelled = self.login.cancel.end_wait();
+        match changed {
+            _ if cancelled => {
+                self.cancelled_while_waiting(tag);
+                Ok(false)
+            }
             None => {
                 self.cancelled_while_waiting(tag);
+                Ok(false)
+            }
+            Some(Ok(Ok(()))) => Ok(true),
+            Some(Ok(Err(_))) | Some(Err(_)) => {
+                let wait = self.shared.config.routing.leader_wait_timeout.0;
+                let e = no_member(format!(
+                    "no leader known for cluster \"{}\" within leader_wait_timeout ({wait:?})",
+                    self.routing.cluster
+                ));
+                self.fail_request(tag, e);
                 Ok(false)
             }
         }
     }
 
-    /// Holds `server` for `role` once it carries the client's settings.
-    async fn hold(&mut self, server: PooledServer, role: Role) -> Result<(), CloseReason> {
+    /// Holds `server`, of `member`, once it carries the client's settings.
+    async fn hold(&mut self, server: PooledServer, member: &Member) -> Result<(), CloseReason> {
         let server = self.prepare_server(server).await?;
-        self.routing.held = Some(role);
+        self.routing.held = Some(member.role);
+        self.routing.held_member = Some(member.state.clone());
         self.login.cancel.hold(server.cancel_target());
         self.server = Some(server);
         Ok(())
@@ -455,13 +543,9 @@ impl Session<'_> {
         &mut self,
         cluster: &'t ClusterTopology,
         role: Role,
-    ) -> Result<&'t Member, ProxyError> {
+    ) -> Result<&'t Member, Pick> {
         let routing = &self.shared.config.routing;
-        let leader = || {
-            cluster.leader().ok_or_else(|| {
-                no_member(format!("no leader known for cluster \"{}\"", cluster.name))
-            })
-        };
+        let leader = || cluster.leader().ok_or(Pick::NoLeader);
         if role == Role::Leader {
             return leader();
         }
@@ -473,16 +557,15 @@ impl Session<'_> {
         if let Some(m) = choose_reader(cluster, routing, need, &mut self.routing.rng) {
             return Ok(m);
         }
-
         if self.routing.read_only {
-            return Err(no_member(
+            return Err(Pick::Refused(no_member(
                 "no replica can serve this read-only database right now".into(),
-            ));
+            )));
         }
         if routing.leader_reads == LeaderReads::Never {
-            return Err(no_member(
+            return Err(Pick::Refused(no_member(
                 "no replica can take reads right now (leader_reads = \"never\")".into(),
-            ));
+            )));
         }
         leader()
     }
@@ -506,6 +589,14 @@ impl Session<'_> {
         self.routing.resolved = (wrote_at, lsn);
         Ok(Some(lsn))
     }
+}
+
+/// Why no member could be picked.
+enum Pick {
+    /// The cluster has no leader right now: wait for one.
+    NoLeader,
+    /// Answer the request with this error.
+    Refused(ProxyError),
 }
 
 fn no_member(message: String) -> ProxyError {

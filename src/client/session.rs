@@ -26,9 +26,10 @@ use super::routing::{Point, Routing};
 use super::statements::ClientStatements;
 use super::tracker::{Tracker, Verdict};
 use crate::config::PoolMode;
-use crate::pool::pools::{discard, PooledServer, ServerPool};
+use crate::pool::pools::{discard, CheckoutError, PooledServer, ServerPool};
 use crate::proxy::Shared;
 use crate::stream::{ReadHalf, WriteHalf};
+use crate::topology::Role;
 use crate::wire::frame::{peek_header, read_cstr, HEADER_LEN};
 use crate::wire::messages::ProxyError;
 
@@ -441,12 +442,12 @@ impl Session<'_> {
         }
     }
 
-    /// Waits for a server from `pool`; `None` when the client cancelled its
-    /// request meanwhile. Failing to get one ends the session.
+    /// Waits for a server from `pool`; `Ok(None)` when the client cancelled
+    /// its request meanwhile.
     pub(super) async fn acquire_server(
         &mut self,
         pool: ServerPool,
-    ) -> Result<Option<PooledServer>, CloseReason> {
+    ) -> Result<Option<PooledServer>, CheckoutError> {
         self.login.cancel.begin_wait();
         let checkout = tokio::select! {
             r = pool.checkout() => Some(r),
@@ -459,12 +460,14 @@ impl Session<'_> {
                 drop(s);
                 Ok(None)
             }
-            Some(Ok(s)) => Ok(Some(s)),
-            Some(Err(e)) => {
-                self.farewell(checkout_error(e)).await;
-                Err(CloseReason::NoServer)
-            }
+            Some(r) => r.map(Some),
         }
+    }
+
+    /// No server could be had: the client is told why and disconnected.
+    pub(super) async fn no_server(&mut self, e: CheckoutError) -> CloseReason {
+        self.farewell(checkout_error(e)).await;
+        CloseReason::NoServer
     }
 
     /// Brings a server to this client's session parameters.
@@ -532,6 +535,12 @@ impl Session<'_> {
                 b'Z' => server.status = body.first().copied().unwrap_or(b'I'),
                 b'S' => {
                     if let Some((name, value)) = parameter_status(body) {
+                        if name == "in_hot_standby" {
+                            // Promoted or demoted under this connection.
+                            let in_recovery = value == "on";
+                            self.routing.server_recovery(in_recovery);
+                            server.broken |= in_recovery && self.routing.held == Some(Role::Leader);
+                        }
                         server.set_param(&name, &value);
                         self.login.params.follow_report(&name, &value);
                     }
@@ -607,6 +616,7 @@ impl Session<'_> {
         self.login.cancel.release().await;
         self.server = None;
         self.routing.held = None;
+        self.routing.held_member = None;
         self.drop_idle_buffers();
     }
 

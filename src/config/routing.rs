@@ -72,6 +72,9 @@ pub struct RoutingConfig {
     /// The database the probes connect to.
     pub probe_database: String,
     pub read_your_writes: ReadYourWrites,
+    /// While a cluster has no leader, writes wait this long for one, then
+    /// fail with 57P03.
+    pub leader_wait_timeout: Seconds,
     /// `<database><suffix>` is a read-only alias of `<database>`; empty
     /// turns the suffix off.
     pub read_only_suffix: String,
@@ -95,6 +98,7 @@ impl Default for RoutingConfig {
             probe_user: None,
             probe_database: "postgres".into(),
             read_your_writes: ReadYourWrites::Session,
+            leader_wait_timeout: Seconds(Duration::from_secs(15)),
             read_only_suffix: "_ro".into(),
             read_only_aliases: BTreeMap::new(),
             zone: String::new(),

@@ -395,6 +395,20 @@ impl LocalCluster {
         Err(ClusterError::Timeout("ssl = on did not take effect".into()))
     }
 
+    /// Stops one server at once (`pg_ctl -m immediate stop`): a crash as
+    /// its clients see it.
+    pub fn crash(&self, node: &Node) -> Result<String, ClusterError> {
+        let dir = node.data_dir.to_string_lossy().into_owned();
+        self.run("pg_ctl", &["-D", &dir, "-m", "immediate", "-w", "stop"])
+    }
+
+    /// Promotes a replica to leader (`pg_ctl promote`), waiting until it
+    /// accepts writes.
+    pub fn promote(&self, node: &Node) -> Result<String, ClusterError> {
+        let dir = node.data_dir.to_string_lossy().into_owned();
+        self.run("pg_ctl", &["-D", &dir, "-w", "promote"])
+    }
+
     /// Stops every server (immediate shutdown) and removes the directory.
     pub fn stop(&mut self) {
         if self.stopped {

@@ -10,7 +10,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::pools::{PoolSettings, ServerPool};
 use super::server::ServerSpec;
-use crate::topology::Member;
+use crate::topology::{Member, Role, Topology, TopologyWatch};
+
+fn roles_of(t: &Topology) -> HashMap<Arc<str>, Role> {
+    t.clusters
+        .iter()
+        .flat_map(|c| c.members.iter().map(|m| (m.addr.clone(), m.role)))
+        .collect()
+}
 
 /// The pools of one (database, user), by member address.
 pub struct PoolGroup {
@@ -140,6 +147,39 @@ impl Pools {
             .collect();
         out.sort();
         out
+    }
+
+    /// Retires the pools of members whose role changed or that left, on
+    /// every topology change, until `stop`.
+    pub async fn follow_topology(
+        self: Arc<Self>,
+        mut topology: TopologyWatch,
+        stop: CancellationToken,
+    ) {
+        let mut roles = roles_of(&topology.borrow_and_update());
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                changed = topology.changed() => if changed.is_err() { return },
+            }
+            let next = roles_of(&topology.borrow_and_update());
+            for (addr, role) in &roles {
+                if next.get(addr) != Some(role) {
+                    tracing::info!(member = %addr, from = ?role, to = ?next.get(addr), "member changed role: retiring its server connections");
+                    self.retire(addr);
+                }
+            }
+            roles = next;
+        }
+    }
+
+    /// Retires every pool for `addr` (all databases and users).
+    pub fn retire(&self, addr: &str) {
+        for (_, a, pool) in self.each() {
+            if &*a == addr {
+                pool.retire();
+            }
+        }
     }
 
     /// Closes every pool (shutdown).

@@ -13,6 +13,7 @@
 //! here; and topology changes need pools that can be told to retire their
 //! connections.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -34,6 +35,9 @@ struct PoolInner {
     spec: ServerSpec,
     /// The member's live state: lent connections are counted there.
     member: Arc<MemberState>,
+    /// Bumped by [`ServerPool::retire`]: connections lent before come back
+    /// to be closed.
+    generation: AtomicU64,
     wait_timeout: Duration,
     lifetime: Option<Duration>,
     slots: Mutex<Slots<Box<ServerConn>, CheckoutError>>,
@@ -47,6 +51,7 @@ struct PoolInner {
 pub struct PooledServer {
     conn: Option<Box<ServerConn>>,
     pool: ServerPool,
+    generation: u64,
 }
 
 impl std::ops::Deref for PooledServer {
@@ -70,7 +75,12 @@ impl Drop for PooledServer {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
             self.pool.inner.member.returned();
-            self.pool.give_back(conn);
+            if self.generation == self.pool.inner.generation.load(Ordering::Relaxed) {
+                self.pool.give_back(conn);
+            } else {
+                drop(conn);
+                self.pool.forget_one();
+            }
         }
     }
 }
@@ -94,6 +104,7 @@ impl ServerPool {
             inner: Arc::new(PoolInner {
                 spec,
                 member,
+                generation: AtomicU64::new(0),
                 wait_timeout: settings.query_wait_timeout,
                 lifetime: settings.lifetime,
                 slots: Mutex::new(Slots::new(settings.pool_size)),
@@ -114,6 +125,7 @@ impl ServerPool {
         PooledServer {
             conn: Some(conn),
             pool: self.clone(),
+            generation: self.inner.generation.load(Ordering::Relaxed),
         }
     }
 
@@ -227,6 +239,13 @@ impl ServerPool {
     pub(super) fn retain_idle(&self, keep: impl FnMut(&Idle<Box<ServerConn>>) -> bool) {
         let gone = self.slots().retain_idle(keep);
         drop(gone);
+    }
+
+    /// The member changed role: idle connections close now, lent ones when
+    /// they come back; new checkouts get new connections.
+    pub fn retire(&self) {
+        self.inner.generation.fetch_add(1, Ordering::Relaxed);
+        self.retain_idle(|_| false);
     }
 
     /// Closes the pool: idle connections now, lent ones when returned.

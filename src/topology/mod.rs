@@ -8,13 +8,14 @@
 //! is kept current by [`probe`].
 
 pub mod probe;
+pub mod roles;
 pub mod state;
 
 use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::config::{Config, DiscoveryConfig};
-pub use state::{now_nanos, ClusterState, MemberState};
+pub use state::{now_nanos, ClusterState, MemberState, Observed};
 
 /// What a member does in its cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -134,10 +135,14 @@ impl Topology {
 /// Receiving end of topology snapshots.
 pub type TopologyWatch = watch::Receiver<Arc<Topology>>;
 
+/// The sending end: sources publish new snapshots through it.
+pub type TopologySender = Arc<watch::Sender<Arc<Topology>>>;
+
 /// Starts publishing the topology for `config`; the sender must be kept
 /// alive as long as the proxy runs.
-pub fn publish(config: &Config) -> (watch::Sender<Arc<Topology>>, TopologyWatch) {
-    watch::channel(Arc::new(Topology::from_config(config)))
+pub fn publish(config: &Config) -> (TopologySender, TopologyWatch) {
+    let (tx, rx) = watch::channel(Arc::new(Topology::from_config(config)));
+    (Arc::new(tx), rx)
 }
 
 #[cfg(test)]

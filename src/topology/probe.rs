@@ -120,15 +120,16 @@ async fn probe_member(
         let result = tokio::time::timeout(timeout, probe_once(&spec, &mut conn)).await;
         match result {
             Ok(Some(probe)) => {
+                member.observed(probe.in_recovery);
                 if probe.in_recovery != (role == Role::Replica) {
                     tracing::debug!(member = %addr, ?role, in_recovery = probe.in_recovery, "member's recovery state differs from its role");
                 }
                 match role {
-                    Role::Leader => {
+                    Role::Leader if !probe.in_recovery => {
                         cluster.leader_sample(sent_at, probe.wal_lsn);
                         member.probed_ok(probe.wal_lsn, 0, 0);
                     }
-                    Role::Replica => {
+                    _ => {
                         let leader = cluster.latest_leader_lsn().unwrap_or(probe.wal_lsn);
                         let lag = leader.saturating_sub(probe.wal_lsn);
                         let lag_millis = cluster.lag_nanos(probe.wal_lsn, now_nanos()) / 1_000_000;

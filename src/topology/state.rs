@@ -4,7 +4,7 @@
 //! routing reads them without a lock on the hot path.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError};
 use std::time::Instant;
 
@@ -33,11 +33,47 @@ pub struct MemberState {
     lag_millis: AtomicU64,
     /// Server connections to this member lent to clients right now.
     outstanding: AtomicUsize,
+    /// What the member last said of itself: 0 unknown, 1 primary, 2 in
+    /// recovery.
+    recovery: AtomicU8,
+    /// Probes failed in a row.
+    failures: AtomicU32,
+}
+
+/// What a member last said of itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Observed {
+    Unknown,
+    /// Not in recovery: it takes writes.
+    Primary,
+    InRecovery,
 }
 
 impl MemberState {
+    /// A probe (or a new server connection) saw whether the member is in
+    /// recovery.
+    pub fn observed(&self, in_recovery: bool) {
+        self.recovery
+            .store(if in_recovery { 2 } else { 1 }, Ordering::Relaxed);
+    }
+
+    /// What the member last said of itself; `Unknown` after two failed
+    /// probes in a row (one miss is forgiven, so a slow probe does not
+    /// stop writes).
+    pub fn observed_role(&self) -> Observed {
+        if self.failures.load(Ordering::Relaxed) >= 2 {
+            return Observed::Unknown;
+        }
+        match self.recovery.load(Ordering::Relaxed) {
+            1 => Observed::Primary,
+            2 => Observed::InRecovery,
+            _ => Observed::Unknown,
+        }
+    }
+
     /// A probe answered: WAL position, and for replicas the lag.
     pub fn probed_ok(&self, wal_lsn: u64, lag_bytes: u64, lag_millis: u64) {
+        self.failures.store(0, Ordering::Relaxed);
         self.wal_lsn.store(wal_lsn, Ordering::Relaxed);
         self.lag_bytes.store(lag_bytes, Ordering::Relaxed);
         self.lag_millis.store(lag_millis, Ordering::Relaxed);
@@ -47,12 +83,18 @@ impl MemberState {
 
     /// A probe failed (connection refused, timeout, error).
     pub fn probe_failed(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
         self.healthy.store(false, Ordering::Release);
     }
 
     /// Healthy as of the last probe (false before the first one).
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire) && self.probed.load(Ordering::Relaxed)
+    }
+
+    /// A probe has ever answered.
+    pub fn was_probed(&self) -> bool {
+        self.probed.load(Ordering::Relaxed)
     }
 
     pub fn wal_lsn(&self) -> u64 {
@@ -187,6 +229,22 @@ mod tests {
         assert_eq!(m.outstanding(), 1);
         m.returned();
         assert_eq!(m.outstanding(), 0);
+    }
+
+    #[test]
+    fn observed_role_survives_one_missed_probe() {
+        let m = MemberState::default();
+        assert_eq!(m.observed_role(), Observed::Unknown);
+        m.observed(false);
+        m.probed_ok(1, 0, 0);
+        assert_eq!(m.observed_role(), Observed::Primary);
+        m.probe_failed();
+        assert_eq!(m.observed_role(), Observed::Primary);
+        m.probe_failed();
+        assert_eq!(m.observed_role(), Observed::Unknown);
+        m.observed(true);
+        m.probed_ok(1, 0, 0);
+        assert_eq!(m.observed_role(), Observed::InRecovery);
     }
 
     #[test]
