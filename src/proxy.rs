@@ -168,6 +168,21 @@ impl Proxy {
             probes,
             stop.clone(),
         ));
+        for cluster in &shared.config.clusters {
+            if let crate::config::DiscoveryConfig::Patroni {
+                urls,
+                poll_interval,
+            } = &cluster.discovery
+            {
+                tokio::spawn(topology::patroni::run(
+                    cluster.name.clone(),
+                    urls.clone(),
+                    poll_interval.0,
+                    topology_tx.clone(),
+                    stop.clone(),
+                ));
+            }
+        }
         tokio::spawn(topology::roles::run(
             topology_tx.clone(),
             interval,

@@ -16,6 +16,8 @@ const MAX_SLICES: usize = 32;
 pub struct OutQueue {
     chunks: VecDeque<Bytes>,
     len: usize,
+    /// Chunks ever queued: tells whether anything was queued since a mark.
+    pushed: u64,
 }
 
 impl OutQueue {
@@ -23,8 +25,14 @@ impl OutQueue {
     pub fn push(&mut self, bytes: Bytes) {
         if !bytes.is_empty() {
             self.len += bytes.len();
+            self.pushed += 1;
             self.chunks.push_back(bytes);
         }
+    }
+
+    /// Chunks ever queued.
+    pub fn pushed(&self) -> u64 {
+        self.pushed
     }
 
     /// Bytes waiting.

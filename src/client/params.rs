@@ -197,6 +197,13 @@ impl ClientParams {
         }));
     }
 
+    /// The request carrying pending effects is sent again: they will be
+    /// recorded again.
+    pub fn forget_pending(&mut self) {
+        self.pending.clear();
+        self.pending_failed = false;
+    }
+
     /// Whether SET/RESET effects wait for their transaction's outcome.
     pub fn has_pending(&self) -> bool {
         !self.pending.is_empty()

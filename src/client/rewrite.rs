@@ -261,6 +261,7 @@ impl Session<'_> {
 
     /// Handles a message [`Session::needs_rewrite`] picked.
     pub(super) fn rewrite(&mut self, header: Header, message: Bytes) {
+        self.replay.record(&message);
         let body = message.slice(HEADER_LEN..);
         match header.tag {
             b'P' => self.rewrite_parse(&message, body),
@@ -320,6 +321,7 @@ impl Session<'_> {
             );
             return;
         }
+        self.replay.named(&name);
         self.ensure_prepared(&statement, true);
     }
 

@@ -145,6 +145,15 @@ impl Routing {
         }
     }
 
+    /// The request is sent again from its first message.
+    pub fn restart_request(&mut self, begin: Option<Bytes>) {
+        self.unit_start = true;
+        self.scanned_unnamed = 0;
+        if begin.is_some() {
+            self.deferred_begin = begin;
+        }
+    }
+
     /// ReadyForQuery with `status` from the held server.
     pub fn server_ready(&mut self, status: u8) {
         if self.held != Some(Role::Leader) {
@@ -239,7 +248,9 @@ impl Session<'_> {
         if !self.take_server(role, tag).await? {
             return Ok(Point::Handled);
         }
-        if let Some(begin) = self.routing.deferred_begin.take() {
+        let begin = self.routing.deferred_begin.take();
+        self.replay.start(self.to_client.pushed(), begin.clone());
+        if let Some(begin) = begin {
             self.to_server.push(begin);
             self.tracker.hidden_query();
         }
@@ -444,7 +455,10 @@ impl Session<'_> {
                     return Ok(false);
                 }
                 Err(Pick::NoLeader) => {
-                    if !self.wait_for_topology(&mut topology, deadline, tag).await? {
+                    if !self
+                        .wait_for_topology(&mut topology, deadline, tag, wait)
+                        .await?
+                    {
                         return Ok(false);
                     }
                     continue;
@@ -466,10 +480,13 @@ impl Session<'_> {
                 }
                 // The leader cannot be reached (it may be failing over):
                 // wait for the topology rather than fail the request.
-                Err(CheckoutError::Connect(ServerError::Io { .. } | ServerError::Timeout(_)))
-                    if member.role == Role::Leader =>
+                Err(CheckoutError::Connect(e))
+                    if member.role == Role::Leader && leader_unavailable(&e) =>
                 {
-                    if !self.wait_for_topology(&mut topology, deadline, tag).await? {
+                    if !self
+                        .wait_for_topology(&mut topology, deadline, tag, RETRY_SOON)
+                        .await?
+                    {
                         return Ok(false);
                     }
                     continue;
@@ -480,7 +497,12 @@ impl Session<'_> {
                 tracing::warn!(member = %member.addr, "a server opened for the leader is in recovery; waiting for the topology");
                 member.state.observed(true);
                 discard(server);
-                if !self.wait_for_topology(&mut topology, deadline, tag).await? {
+                // The topology may name it leader just before it is
+                // promoted: look again soon, whether or not it changes.
+                if !self
+                    .wait_for_topology(&mut topology, deadline, tag, RETRY_SOON)
+                    .await?
+                {
                     return Ok(false);
                 }
                 continue;
@@ -490,18 +512,23 @@ impl Session<'_> {
         }
     }
 
-    /// Waits for the next topology snapshot until `deadline`. Returns
-    /// false when the request was answered instead: 57P03 at the deadline,
-    /// 57014 when the client cancelled.
+    /// Waits for the next topology snapshot, or `at_most`, until
+    /// `deadline`. Returns false when the request was answered instead:
+    /// 57P03 at the deadline, 57014 when the client cancelled.
     async fn wait_for_topology(
         &mut self,
         topology: &mut crate::topology::TopologyWatch,
         deadline: tokio::time::Instant,
         tag: u8,
+        at_most: std::time::Duration,
     ) -> Result<bool, CloseReason> {
+        if tokio::time::Instant::now() >= deadline {
+            return self.no_leader_in_time(tag);
+        }
+        let until = deadline.min(tokio::time::Instant::now() + at_most);
         self.login.cancel.begin_wait();
         let changed = tokio::select! {
-            r = tokio::time::timeout_at(deadline, topology.changed()) => Some(r),
+            r = tokio::time::timeout_at(until, topology.changed()) => Some(r),
             _ = self.login.cancel.cancelled() => None,
         };
         let cancelled = self.login.cancel.end_wait();
@@ -515,16 +542,19 @@ impl Session<'_> {
                 Ok(false)
             }
             Some(Ok(Ok(()))) => Ok(true),
-            Some(Ok(Err(_))) | Some(Err(_)) => {
-                let wait = self.shared.config.routing.leader_wait_timeout.0;
-                let e = no_member(format!(
-                    "no leader known for cluster \"{}\" within leader_wait_timeout ({wait:?})",
-                    self.routing.cluster
-                ));
-                self.fail_request(tag, e);
-                Ok(false)
-            }
+            Some(Err(_)) if tokio::time::Instant::now() < deadline => Ok(true),
+            Some(Ok(Err(_))) | Some(Err(_)) => self.no_leader_in_time(tag),
         }
+    }
+
+    fn no_leader_in_time(&mut self, tag: u8) -> Result<bool, CloseReason> {
+        let wait = self.shared.config.routing.leader_wait_timeout.0;
+        let e = no_member(format!(
+            "no leader known for cluster \"{}\" within leader_wait_timeout ({wait:?})",
+            self.routing.cluster
+        ));
+        self.fail_request(tag, e);
+        Ok(false)
     }
 
     /// Holds `server`, of `member`, once it carries the client's settings.
@@ -590,6 +620,19 @@ impl Session<'_> {
         Ok(Some(lsn))
     }
 }
+
+/// The leader cannot be used right now but may be soon: unreachable, or
+/// refusing connections while it shuts down or starts (57P03).
+fn leader_unavailable(e: &ServerError) -> bool {
+    match e {
+        ServerError::Io { .. } | ServerError::Timeout(_) => true,
+        ServerError::Rejected { code, .. } => code == "57P03",
+        _ => false,
+    }
+}
+
+/// How soon a request retries a leader that could not be used.
+const RETRY_SOON: std::time::Duration = std::time::Duration::from_millis(50);
 
 /// Why no member could be picked.
 enum Pick {

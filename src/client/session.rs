@@ -22,6 +22,7 @@ pub use super::close::CloseReason;
 use super::idle::{idle_check, IdleKind, IdleTimer};
 use super::login::{checkout_error, server_error, Admitted, LoggedIn};
 use super::outq::OutQueue;
+use super::replay::{retryable_error, Replay};
 use super::routing::{Point, Routing};
 use super::statements::ClientStatements;
 use super::tracker::{Tracker, Verdict};
@@ -96,6 +97,17 @@ pub(super) struct Session<'a> {
     idle: Option<IdleTimer>,
     /// Which server role each request needs, and what is held.
     pub(super) routing: Routing,
+    /// The request in flight, kept while it may be sent again.
+    pub(super) replay: Replay,
+}
+
+/// What a batch of server messages means for the held server.
+enum ServerData {
+    Keep,
+    /// Idle and in sync: back to the pool.
+    Release,
+    /// It refused the request before answering anything: send it again.
+    Retry(&'static str),
 }
 
 /// Serves a logged-in client until it leaves, then cleans up.
@@ -141,6 +153,7 @@ pub fn run<'a>(
         last_activity: Instant::now(),
         idle: IdleTimer::new(&shared.config.proxy),
         routing,
+        replay: Replay::default(),
     });
     session.run()
 }
@@ -244,10 +257,21 @@ impl Session<'_> {
                 }
                 Event::ServerRead(Ok(_)) => {
                     match self.on_server_data() {
-                        Ok(true) => self.release_server().await,
-                        Ok(false) => {}
+                        Ok(ServerData::Release) => self.release_server().await,
+                        Ok(ServerData::Keep) => {}
+                        Ok(ServerData::Retry(why)) => {
+                            if !Box::pin(self.retry_request(why)).await {
+                                return self.lose_server(why).await;
+                            }
+                            match self.on_client_data().await {
+                                Ok(Flow::Continue) => {}
+                                Ok(Flow::Terminate) => return CloseReason::ClientTerminate,
+                                Err(reason) => return reason,
+                            }
+                        }
                         Err(problem) => return self.lose_server(problem).await,
                     }
+                    self.replay.check(self.to_client.pushed());
                     if self.to_client.write_now(&mut self.client_wr).is_err() {
                         return CloseReason::ClientIo;
                     }
@@ -410,8 +434,17 @@ impl Session<'_> {
 
     pub(super) fn queue_client_messages(&mut self, len: usize) {
         if len > 0 {
-            self.to_server.push(self.client_in.split_to(len).freeze());
+            let messages = self.client_in.split_to(len).freeze();
+            self.replay.record(&messages);
+            self.to_server.push(messages);
         }
+    }
+
+    /// Forgets a message streaming through and any skip to Sync (the
+    /// server is being replaced).
+    pub(super) fn reset_server_stream(&mut self) {
+        self.server_passthrough = 0;
+        self.skip_to_sync = false;
     }
 
     /// The client cancelled while waiting for a server: its request fails
@@ -492,9 +525,9 @@ impl Session<'_> {
     /// noted, dropping answers to messages pgsplit slipped in and emitting
     /// answers pgsplit made up. Returns whether the server can go back to
     /// the pool now.
-    fn on_server_data(&mut self) -> Result<bool, &'static str> {
+    fn on_server_data(&mut self) -> Result<ServerData, &'static str> {
         let Some(server) = self.server.as_deref_mut() else {
-            return Ok(false);
+            return Ok(ServerData::Keep);
         };
         let mut off = 0;
         let mut release = false;
@@ -531,6 +564,19 @@ impl Session<'_> {
                 break;
             }
             let body = &server.rbuf[off + HEADER_LEN..off + header.total_len];
+            if header.tag == b'E'
+                && off == 0
+                && self.replay.possible(self.to_client.pushed())
+                && retryable_error(
+                    body,
+                    self.routing.held,
+                    server.reported("in_hot_standby") == Some("on"),
+                )
+            {
+                return Ok(ServerData::Retry(
+                    "the server refused the request before answering it",
+                ));
+            }
             match header.tag {
                 b'Z' => server.status = body.first().copied().unwrap_or(b'I'),
                 b'S' => {
@@ -599,7 +645,11 @@ impl Session<'_> {
                 server.prepared.forget(id);
             }
         }
-        Ok(release)
+        Ok(if release {
+            ServerData::Release
+        } else {
+            ServerData::Keep
+        })
     }
 
     /// Queues answers pgsplit made up that are now due.
@@ -617,6 +667,7 @@ impl Session<'_> {
         self.server = None;
         self.routing.held = None;
         self.routing.held_member = None;
+        self.replay.stop();
         self.drop_idle_buffers();
     }
 
@@ -630,6 +681,7 @@ impl Session<'_> {
         if self.scratch.capacity() > 0 {
             self.scratch = BytesMut::new();
         }
+        self.replay.shrink();
     }
 
     /// The server failed mid-use: close it and tell the client. Rare, so

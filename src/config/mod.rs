@@ -169,8 +169,13 @@ pub enum DiscoveryConfig {
         #[serde(default)]
         replicas: Vec<ReplicaEntry>,
     },
-    /// Patroni REST API (not built yet; see README status).
-    Patroni { urls: Vec<String> },
+    /// Patroni REST API: any members' `http://host:port`.
+    Patroni {
+        urls: Vec<String>,
+        /// How often `GET /cluster` is polled.
+        #[serde(default = "default_poll_interval")]
+        poll_interval: Seconds,
+    },
     /// Kubernetes Pods by label (not built yet; see README status).
     Kubernetes {
         #[serde(default)]
@@ -197,6 +202,10 @@ pub enum ReplicaEntry {
         #[serde(default)]
         zone: String,
     },
+}
+
+fn default_poll_interval() -> Seconds {
+    Seconds(std::time::Duration::from_millis(250))
 }
 
 fn default_weight() -> u32 {
@@ -406,10 +415,39 @@ impl Config {
                         check_host_port(&format!("{key}.replicas[{j}]"), r.addr())?;
                     }
                 }
-                DiscoveryConfig::Patroni { .. } | DiscoveryConfig::Kubernetes { .. } => {
+                DiscoveryConfig::Patroni {
+                    urls,
+                    poll_interval,
+                } => {
+                    if urls.is_empty() {
+                        return Err((
+                            format!("{key}.urls"),
+                            "list at least one member's REST API URL".into(),
+                        ));
+                    }
+                    for (j, u) in urls.iter().enumerate() {
+                        let host = u.strip_prefix("http://").map(|h| h.trim_end_matches('/'));
+                        match host {
+                            Some(h) => check_host_port(&format!("{key}.urls[{j}]"), h)?,
+                            None => {
+                                return Err((
+                                    format!("{key}.urls[{j}]"),
+                                    format!("\"{u}\" is not an http://host:port URL"),
+                                ))
+                            }
+                        }
+                    }
+                    if poll_interval.0 < std::time::Duration::from_millis(10) {
+                        return Err((
+                            format!("{key}.poll_interval"),
+                            "must be at least 10ms".into(),
+                        ));
+                    }
+                }
+                DiscoveryConfig::Kubernetes { .. } => {
                     return Err((
                         format!("{key}.kind"),
-                        "only \"static\" discovery is built in this version (patroni and kubernetes are planned)".into(),
+                        "kubernetes discovery is not built in this version (static and patroni are)".into(),
                     ));
                 }
             }

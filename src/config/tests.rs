@@ -93,11 +93,26 @@ fn password_file_and_masking() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
+const STATIC_DISCOVERY: &str = "kind = \"static\"                  # or \"kubernetes\" or \"patroni\"\nleader = \"127.0.0.1:5432\"\nreplicas = [\"127.0.0.1:5433\", \"127.0.0.1:5434\"]";
+
+#[test]
+fn patroni_discovery_is_checked() {
+    let with = |discovery: &str| MINIMAL.replace(STATIC_DISCOVERY, discovery);
+    let ok = parse(&with(
+        "kind = \"patroni\"\nurls = [\"http://127.0.0.1:8008\", \"http://10.0.0.2:8008/\"]",
+    ));
+    assert!(ok.is_ok(), "{ok:?}");
+    let e = parse(&with("kind = \"patroni\"\nurls = []")).unwrap_err();
+    assert_eq!(e.key, "clusters[0].discovery.urls");
+    let e = parse(&with("kind = \"patroni\"\nurls = [\"https://h:8008\"]")).unwrap_err();
+    assert_eq!(e.key, "clusters[0].discovery.urls[0]");
+}
+
 #[test]
 fn unbuilt_discovery_kinds_are_refused_clearly() {
     let text = MINIMAL.replace(
-        "kind = \"static\"                  # or \"kubernetes\" or \"patroni\"\nleader = \"127.0.0.1:5432\"\nreplicas = [\"127.0.0.1:5433\", \"127.0.0.1:5434\"]",
-        "kind = \"patroni\"\nurls = [\"http://127.0.0.1:8008\"]",
+        STATIC_DISCOVERY,
+        "kind = \"kubernetes\"\nselector = \"a=b\"",
     );
     let e = parse(&text).unwrap_err();
     assert_eq!(e.key, "clusters[0].discovery.kind");

@@ -107,7 +107,7 @@ pub fn find_bin_dir() -> Result<PathBuf, ClusterError> {
 }
 
 /// uid and gid of the `postgres` OS user when we are root.
-fn postgres_user_if_root() -> Result<Option<(u32, u32)>, ClusterError> {
+pub fn postgres_user_if_root() -> Result<Option<(u32, u32)>, ClusterError> {
     let status =
         std::fs::read_to_string("/proc/self/status").map_err(io("read /proc/self/status"))?;
     let euid = status

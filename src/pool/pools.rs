@@ -129,6 +129,18 @@ impl ServerPool {
         }
     }
 
+    /// An idle connection taken from the stack, if it is still alive (see
+    /// [`ServerConn::check_idle`]); a dead one is closed.
+    fn usable(&self, mut conn: Box<ServerConn>) -> Option<Box<ServerConn>> {
+        if conn.check_idle() {
+            return Some(conn);
+        }
+        tracing::debug!(server = %self.inner.spec.addr, "closing a pooled server connection that died while idle");
+        drop(conn);
+        self.forget_one();
+        None
+    }
+
     /// What a fresh server of this pool reports at startup, once one was
     /// opened.
     pub fn startup_params(&self) -> Option<StartupParams> {
@@ -141,7 +153,15 @@ impl ServerPool {
 
     /// Waits up to `query_wait_timeout` for a server connection.
     pub async fn checkout(&self) -> Result<PooledServer, CheckoutError> {
-        let take = self.slots().take();
+        let take = loop {
+            match self.slots().take() {
+                Take::Ready(conn) => match self.usable(conn) {
+                    Some(conn) => break Take::Ready(conn),
+                    None => continue,
+                },
+                other => break other,
+            }
+        };
         let delivery = match take {
             Take::Ready(conn) => return Ok(self.lend(conn)),
             Take::Closed => return Err(CheckoutError::Closed),
@@ -162,9 +182,15 @@ impl ServerPool {
 
     /// A server only if one is idle or can be opened right now.
     pub async fn checkout_now(&self) -> Option<PooledServer> {
-        let reserved = match self.slots().take_now() {
-            Ok(conn) => return Some(self.lend(conn)),
-            Err(reserved) => reserved,
+        let reserved = loop {
+            match self.slots().take_now() {
+                Ok(conn) => {
+                    if let Some(conn) = self.usable(conn) {
+                        return Some(self.lend(conn));
+                    }
+                }
+                Err(reserved) => break reserved,
+            }
         };
         if !reserved {
             return None;

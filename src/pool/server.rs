@@ -10,7 +10,7 @@ use postgres_protocol::message::{backend, frontend};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::stream::{ReadHalf, Stream, WriteHalf};
@@ -448,6 +448,53 @@ impl ServerConn {
         let mut row = Vec::new();
         self.read_until_ready_with_row(Some(&mut row)).await?;
         Ok(row)
+    }
+
+    /// Takes in what an idle connection received while it sat in the pool,
+    /// without waiting: ParameterStatus (`in_hot_standby` after a
+    /// promotion), notices, or the FATAL and close of a server that shut
+    /// down or crashed. Returns whether the connection is still usable, so
+    /// a dead one is never handed to a client.
+    pub fn check_idle(&mut self) -> bool {
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let mut chunk = [0u8; 2048];
+        loop {
+            let mut buf = tokio::io::ReadBuf::new(&mut chunk);
+            match std::pin::Pin::new(&mut self.rd).poll_read(&mut cx, &mut buf) {
+                std::task::Poll::Pending => break,
+                std::task::Poll::Ready(Ok(())) if buf.filled().is_empty() => return false,
+                std::task::Poll::Ready(Ok(())) => self.rbuf.extend_from_slice(buf.filled()),
+                std::task::Poll::Ready(Err(_)) => return false,
+            }
+            if self.rbuf.len() > 64 * 1024 {
+                return false;
+            }
+        }
+        while !self.rbuf.is_empty() {
+            let header = match crate::wire::frame::peek_header(&self.rbuf, usize::MAX) {
+                Ok(Some(h)) if h.total_len <= self.rbuf.len() => h,
+                _ => return false,
+            };
+            let message = self.rbuf.split_to(header.total_len);
+            let body = &message[crate::wire::frame::HEADER_LEN..];
+            match header.tag {
+                b'S' => {
+                    let pair = crate::wire::frame::read_cstr(body).and_then(|(name, rest)| {
+                        let (value, _) = crate::wire::frame::read_cstr(rest)?;
+                        Some((
+                            String::from_utf8_lossy(name).into_owned(),
+                            String::from_utf8_lossy(value).into_owned(),
+                        ))
+                    });
+                    if let Some((name, value)) = pair {
+                        self.set_param(&name, &value);
+                    }
+                }
+                b'N' | b'A' => {}
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// Records a value the server reported in ParameterStatus.

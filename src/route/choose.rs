@@ -116,6 +116,7 @@ mod tests {
             name: "c".into(),
             members,
             state: Arc::new(ClusterState::default()),
+            follow_probes: true,
         }
     }
 

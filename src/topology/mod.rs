@@ -7,6 +7,7 @@
 //! lives in [`state`], shared by every snapshot that has the member, and
 //! is kept current by [`probe`].
 
+pub mod patroni;
 pub mod probe;
 pub mod roles;
 pub mod state;
@@ -56,6 +57,9 @@ pub struct ClusterTopology {
     pub members: Vec<Member>,
     /// The leader's WAL history, for read-your-writes.
     pub state: Arc<ClusterState>,
+    /// Roles follow what the probes see (the `static` source); other
+    /// sources say the roles themselves.
+    pub follow_probes: bool,
 }
 
 impl PartialEq for ClusterTopology {
@@ -111,7 +115,8 @@ impl Topology {
                             }))
                             .collect()
                     }
-                    // Refused by config validation until these sources exist.
+                    // Filled in by the source once it has asked (Kubernetes is
+                    // refused by config validation until it exists).
                     DiscoveryConfig::Patroni { .. } | DiscoveryConfig::Kubernetes { .. } => {
                         Vec::new()
                     }
@@ -120,6 +125,7 @@ impl Topology {
                     name: c.name.clone(),
                     members,
                     state: Arc::default(),
+                    follow_probes: matches!(c.discovery, DiscoveryConfig::Static { .. }),
                 }
             })
             .collect();

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod patroni;
 pub mod raw;
 
 use pgsplit::config::Config;
