@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 use support::connect;
 use support::patroni::PatroniCluster;
 
+/// A write that got no answer at all (pgsplit must never leave one hanging).
+const NO_ANSWER: &str = "no answer within 40 s";
+
 /// One write's outcome: when it started and finished, and whether it
 /// succeeded (and if so, on a node not in recovery).
 #[derive(Debug, Clone)]
@@ -93,15 +96,18 @@ async fn switchover_and_leader_crash_under_load() {
             while !stop.load(Ordering::Relaxed) {
                 id += 1;
                 let started = Instant::now();
-                let r = client
-                    .query_one(
+                let r = tokio::time::timeout(
+                    Duration::from_secs(40),
+                    client.query_one(
                         "INSERT INTO pt VALUES ($1) RETURNING pg_is_in_recovery()",
                         &[&id],
-                    )
-                    .await;
+                    ),
+                )
+                .await;
                 let (error, in_recovery) = match r {
-                    Ok(row) => (None, row.get::<_, bool>(0)),
-                    Err(e) => (
+                    Err(_) => (Some(NO_ANSWER.to_string()), false),
+                    Ok(Ok(row)) => (None, row.get::<_, bool>(0)),
+                    Ok(Err(e)) => (
                         Some(e.as_db_error().map_or_else(
                             || e.to_string(),
                             |d| format!("{} {}", d.code().code(), d.message()),
@@ -135,8 +141,11 @@ async fn switchover_and_leader_crash_under_load() {
             while !stop.load(Ordering::Relaxed) {
                 if let Ok(c) = connect(&url).await {
                     while !stop.load(Ordering::Relaxed) {
-                        if c.query_one("SELECT count(*) FROM pt", &[]).await.is_err() {
-                            break;
+                        let read = c.query_one("SELECT count(*) FROM pt", &[]);
+                        match tokio::time::timeout(Duration::from_secs(40), read).await {
+                            Ok(Ok(_)) => {}
+                            Ok(Err(_)) => break,
+                            Err(_) => panic!("a read got no answer within 40 s"),
                         }
                     }
                 }
@@ -196,6 +205,10 @@ async fn switchover_and_leader_crash_under_load() {
     }
     // c. No write landed on a node in recovery; every committed write is there.
     let log = log.lock().unwrap().clone();
+    assert!(
+        log.iter().all(|w| w.error.as_deref() != Some(NO_ANSWER)),
+        "a write got no answer"
+    );
     assert!(
         log.iter().all(|w| !w.in_recovery),
         "a write landed on a node in recovery"

@@ -47,14 +47,18 @@ pub(super) struct Replay {
     attempts: u8,
     /// Set by a retry: the next start continues the count.
     retried: Option<u8>,
+    /// Answers pgsplit makes up wait for the server's first message: the
+    /// request ends in a Sync (or is a Query), so one will come.
+    hold: bool,
 }
 
 impl Replay {
     /// A request starts on a freshly taken server.
-    pub fn start(&mut self, answered_mark: u64, begin: Option<Bytes>) {
+    pub fn start(&mut self, answered_mark: u64, begin: Option<Bytes>, complete: bool) {
         let attempts = self.retried.take().unwrap_or(0) + 1;
         self.stop();
         self.active = true;
+        self.hold = complete;
         self.answered_mark = answered_mark;
         self.begin = begin;
         self.attempts = attempts;
@@ -67,6 +71,11 @@ impl Replay {
         self.names.clear();
         self.begin = None;
         self.bytes = 0;
+    }
+
+    /// Whether made-up answers wait for the server's first message.
+    pub fn holds_answers(&self) -> bool {
+        self.active && self.hold
     }
 
     /// Notes client bytes sent to the server as part of the request.
@@ -164,7 +173,7 @@ mod tests {
     #[test]
     fn window_closes_when_the_client_hears_anything() {
         let mut r = Replay::default();
-        r.start(5, None);
+        r.start(5, None, true);
         r.record(&Bytes::from_static(b"Q...."));
         assert!(r.possible(5));
         r.check(6);
@@ -176,16 +185,16 @@ mod tests {
     fn attempts_are_bounded_and_size_too() {
         let mut r = Replay::default();
         for _ in 0..MAX_ATTEMPTS - 1 {
-            r.start(0, None);
+            r.start(0, None, true);
             assert!(r.possible(0));
             r.retried = Some(r.attempts);
         }
-        r.start(0, None);
+        r.start(0, None, true);
         assert!(!r.possible(0), "third attempt is the last");
-        r.start(0, None);
+        r.start(0, None, true);
         assert!(r.possible(0), "a new request starts counting again");
         let mut r = Replay::default();
-        r.start(0, None);
+        r.start(0, None, true);
         r.record(&Bytes::from(vec![0u8; MAX_REPLAY_BYTES + 1]));
         assert!(!r.possible(0));
     }

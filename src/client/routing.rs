@@ -79,6 +79,8 @@ pub struct Routing {
     pub unit_start: bool,
     /// Client input waits until the held server is done.
     pub blocked: bool,
+    /// The last scanned unit's Sync (or Query) had arrived.
+    unit_complete: bool,
     /// A lone BEGIN pgsplit answered, to send ahead of the next unit.
     deferred_begin: Option<Bytes>,
     /// Work on the leader since the last idle ReadyForQuery may have written.
@@ -110,6 +112,7 @@ impl Routing {
             parked: None,
             unit_start: true,
             blocked: false,
+            unit_complete: false,
             deferred_begin: None,
             wrote: false,
             mark,
@@ -249,7 +252,9 @@ impl Session<'_> {
             return Ok(Point::Handled);
         }
         let begin = self.routing.deferred_begin.take();
-        self.replay.start(self.to_client.pushed(), begin.clone());
+        let complete = self.routing.unit_complete;
+        self.replay
+            .start(self.to_client.pushed(), begin.clone(), complete);
         if let Some(begin) = begin {
             self.to_server.push(begin);
             self.tracker.hidden_query();
@@ -273,6 +278,7 @@ impl Session<'_> {
             return Some(Decision::To(Target::Leader));
         }
         let unit = self.scan_unit(at, tag);
+        self.routing.unit_complete = unit.complete;
         if unit.neutral {
             return None;
         }

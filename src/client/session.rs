@@ -339,6 +339,9 @@ impl Session<'_> {
     /// server, checking out a server first when the client holds none.
     /// Messages that need no rewriting are forwarded as one contiguous run.
     async fn on_client_data(&mut self) -> Result<Flow, CloseReason> {
+        // Input is being looked at now; a routing point blocks it again if
+        // it must still wait.
+        self.routing.blocked = false;
         if self.idle.is_some() {
             self.last_activity = Instant::now();
         }
@@ -426,7 +429,9 @@ impl Session<'_> {
             } else {
                 ready += header.total_len;
             }
-            self.emit_due();
+            if !self.replay.holds_answers() {
+                self.emit_due();
+            }
         }
         self.queue_client_messages(ready);
         Ok(Flow::Continue)
@@ -563,12 +568,11 @@ impl Session<'_> {
                 server.rbuf.reserve(header.total_len - available);
                 break;
             }
-            let body = &server.rbuf[off + HEADER_LEN..off + header.total_len];
             if header.tag == b'E'
                 && off == 0
                 && self.replay.possible(self.to_client.pushed())
                 && retryable_error(
-                    body,
+                    &server.rbuf[HEADER_LEN..header.total_len],
                     self.routing.held,
                     server.reported("in_hot_standby") == Some("on"),
                 )
@@ -577,6 +581,18 @@ impl Session<'_> {
                     "the server refused the request before answering it",
                 ));
             }
+            if self.tracker.has_due() {
+                // Answers pgsplit made up and held back while the request
+                // could still be sent again go out before the server's.
+                if off > 0 {
+                    self.to_client.push(server.rbuf.split_to(off).freeze());
+                    off = 0;
+                }
+                while let Some(due) = self.tracker.take_due() {
+                    self.to_client.push(due.encode(server.status));
+                }
+            }
+            let body = &server.rbuf[off + HEADER_LEN..off + header.total_len];
             match header.tag {
                 b'Z' => server.status = body.first().copied().unwrap_or(b'I'),
                 b'S' => {

@@ -167,6 +167,11 @@ impl Tracker {
         self.units.push_back(Unit::Synthetic(s));
     }
 
+    /// Whether a made-up answer is due now.
+    pub fn has_due(&self) -> bool {
+        matches!(self.units.front(), Some(Unit::Synthetic(_)))
+    }
+
     /// Made-up answers now due (nothing the server owes precedes them).
     pub fn take_due(&mut self) -> Option<Synthetic> {
         match self.units.front() {
