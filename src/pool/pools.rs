@@ -154,7 +154,10 @@ impl ServerPool {
     /// Waits up to `query_wait_timeout` for a server connection.
     pub async fn checkout(&self) -> Result<PooledServer, CheckoutError> {
         let take = loop {
-            match self.slots().take() {
+            // The lock is released before `usable` runs: closing a dead
+            // connection takes it again.
+            let taken = self.slots().take();
+            match taken {
                 Take::Ready(conn) => match self.usable(conn) {
                     Some(conn) => break Take::Ready(conn),
                     None => continue,
@@ -183,7 +186,8 @@ impl ServerPool {
     /// A server only if one is idle or can be opened right now.
     pub async fn checkout_now(&self) -> Option<PooledServer> {
         let reserved = loop {
-            match self.slots().take_now() {
+            let taken = self.slots().take_now();
+            match taken {
                 Ok(conn) => {
                     if let Some(conn) = self.usable(conn) {
                         return Some(self.lend(conn));
