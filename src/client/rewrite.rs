@@ -275,6 +275,8 @@ impl Session<'_> {
                 }
                 self.tracker
                     .synthetic(Synthetic::CommandAndReady("DEALLOCATE"));
+                // Nothing goes to the server: the answer must not wait for it.
+                self.replay.stop();
             }
             _ => self.forward(header.tag, message),
         }

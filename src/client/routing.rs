@@ -270,6 +270,9 @@ impl Session<'_> {
     /// Where the unit starting at `at` goes; `None` when it has no
     /// statement to route by.
     fn decide_unit(&mut self, at: usize, tag: u8) -> Option<Decision> {
+        // Made-up answers are held back only for a unit seen to end in a
+        // Sync (set by the scan below).
+        self.routing.unit_complete = false;
         let routing = &self.shared.config.routing;
         if self.routing.read_only {
             return Some(Decision::To(Target::Replica));
