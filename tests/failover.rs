@@ -11,10 +11,7 @@ use support::{connect, sqlstate, TestEnv};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_wait_for_a_promoted_replica() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "pgsplit=warn".into()))
-        .with_test_writer()
-        .try_init();
+    support::init_logging();
     let env = TestEnv::start(2, "pool_size = 4\n[routing]\nleader_wait_timeout = \"20s\"").await;
     let c = env.connect().await;
     env.wait_for_replicas(&c).await;

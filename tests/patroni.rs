@@ -47,10 +47,7 @@ async fn accepts_writes_at(url: String, since: Instant) -> Instant {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn switchover_and_leader_crash_under_load() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "pgsplit=warn".into()))
-        .with_test_writer()
-        .try_init();
+    support::init_logging();
     let mut patroni = PatroniCluster::start().await;
     let urls: Vec<String> = patroni.urls().iter().map(|u| format!("\"{u}\"")).collect();
     let text = format!(

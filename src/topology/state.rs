@@ -132,12 +132,15 @@ pub struct ClusterState {
 }
 
 impl ClusterState {
+    fn samples(&self) -> std::sync::MutexGuard<'_, VecDeque<(u64, u64)>> {
+        self.leader_samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A leader probe sent at `sent_at` saw the WAL at `lsn`.
     pub fn leader_sample(&self, sent_at: u64, lsn: u64) {
-        let mut samples = self
-            .leader_samples
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut samples = self.samples();
         if samples.len() == LEADER_SAMPLES {
             samples.pop_front();
         }
@@ -146,10 +149,7 @@ impl ClusterState {
 
     /// The newest leader WAL position seen.
     pub fn latest_leader_lsn(&self) -> Option<u64> {
-        let samples = self
-            .leader_samples
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let samples = self.samples();
         samples.back().map(|(_, lsn)| *lsn)
     }
 
@@ -158,10 +158,7 @@ impl ClusterState {
     /// clock (pgsplit's). Zero when the replica has everything the leader
     /// was last seen with.
     pub fn lag_nanos(&self, replayed: u64, now: u64) -> u64 {
-        let samples = self
-            .leader_samples
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let samples = self.samples();
         samples
             .iter()
             .find(|(_, lsn)| *lsn > replayed)
@@ -172,10 +169,7 @@ impl ClusterState {
     /// sample whose probe was sent after it. Every commit before `since` is
     /// at or below it. `None` until such a sample exists.
     pub fn leader_lsn_after(&self, since: u64) -> Option<u64> {
-        let samples = self
-            .leader_samples
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let samples = self.samples();
         samples
             .iter()
             .find(|(sent_at, _)| *sent_at > since)

@@ -38,20 +38,7 @@ impl TestEnv {
     /// A leader with `replicas` replicas and pgsplit configured with
     /// `proxy_extra` in `[proxy]`.
     pub async fn start(replicas: usize, proxy_extra: &str) -> TestEnv {
-        let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(replicas))
-            .await
-            .expect("cluster thread")
-            .expect("start the local cluster");
-        let text = config_text(&cluster, proxy_extra);
-        let config =
-            Config::parse(&text, "test config", std::iter::empty()).expect("test config is valid");
-        let proxy = Proxy::start(config).await.expect("start pgsplit");
-        let addr = proxy.local_addr();
-        TestEnv {
-            proxy: Some(proxy),
-            addr,
-            cluster,
-        }
+        TestEnv::start_with(replicas, |cluster| config_text(cluster, proxy_extra)).await
     }
 
     /// A leader with `replicas` replicas and pgsplit configured with the
@@ -170,6 +157,15 @@ impl Drop for TestEnv {
             drop(proxy);
         }
     }
+}
+
+/// Sends pgsplit's log to the test output (level from `RUST_LOG`, default
+/// warnings), for tests where its account of events helps.
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "pgsplit=warn".into()))
+        .with_test_writer()
+        .try_init();
 }
 
 /// Connects tokio-postgres and drives its connection in the background.
