@@ -325,6 +325,22 @@ async fn session_mode_keeps_one_server_per_role() {
         replica_pids.len() <= 1,
         "one replica server for the session"
     );
+    // A lone BEGIN (answered by pgsplit) still opens the transaction on the
+    // server the session holds: the rollback undoes the insert.
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute("INSERT INTO sm VALUES (100)")
+        .await
+        .unwrap();
+    c.batch_execute("ROLLBACK").await.unwrap();
+    let n: i64 = c
+        .query_one(
+            "/* pgsplit:leader */ SELECT count(*) FROM sm WHERE x = 100",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 0, "the insert ran outside the transaction");
 }
 
 /// Reads through a fresh connection of `proxy_url` until one lands on

@@ -219,7 +219,7 @@ impl Session<'_> {
             None
         };
         let target = match decision {
-            None if held => return Ok(Point::Go),
+            None if held => return Ok(self.go_with_deferred_begin()),
             None if self.routing.read_only => Target::Replica,
             None => Target::Leader,
             Some(Decision::DeferBegin) if held && !quiescent => return Ok(Point::Blocked),
@@ -235,11 +235,11 @@ impl Session<'_> {
         };
         if held {
             if self.routing.held == Some(role) {
-                return Ok(Point::Go);
+                return Ok(self.go_with_deferred_begin());
             }
             if !quiescent {
                 return Ok(if self.routing.held == Some(Role::Leader) {
-                    Point::Go
+                    self.go_with_deferred_begin()
                 } else {
                     Point::Blocked
                 });
@@ -260,6 +260,16 @@ impl Session<'_> {
             self.tracker.hidden_query();
         }
         Ok(Point::Go)
+    }
+
+    /// Goes on with the held server, sending a deferred BEGIN ahead of the
+    /// request first (the transaction belongs on this server).
+    fn go_with_deferred_begin(&mut self) -> Point {
+        if let Some(begin) = self.routing.deferred_begin.take() {
+            self.to_server.push(begin);
+            self.tracker.hidden_query();
+        }
+        Point::Go
     }
 
     /// Whether everything sent to the held server has been answered.
