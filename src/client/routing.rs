@@ -443,10 +443,14 @@ impl Session<'_> {
             self.release_server().await;
             return;
         }
-        self.login.cancel.release().await;
+        let cancelled = self.login.cancel.release().await;
         self.routing.held_member = None;
         if let (Some(server), Some(role)) = (self.server.take(), self.routing.held.take()) {
-            self.routing.parked = Some((server, role));
+            if cancelled {
+                discard(server);
+            } else {
+                self.routing.parked = Some((server, role));
+            }
         }
     }
 

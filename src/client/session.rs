@@ -679,8 +679,13 @@ impl Session<'_> {
     /// Gives the server back to the pool, after any cancel aimed at it has
     /// been delivered, and lets go of buffers an idle client does not need.
     pub(super) async fn release_server(&mut self) {
-        self.login.cancel.release().await;
-        self.server = None;
+        let cancelled = self.login.cancel.release().await;
+        if let Some(server) = self.server.take() {
+            if cancelled {
+                // Its backend may act on the signal late: never reuse it.
+                discard(server);
+            }
+        }
         self.routing.held = None;
         self.routing.held_member = None;
         self.replay.stop();
@@ -750,8 +755,9 @@ impl Session<'_> {
         let Some(server) = self.server.take() else {
             return;
         };
-        self.login.cancel.release().await;
-        let in_sync = server.is_clean()
+        let cancelled = self.login.cancel.release().await;
+        let in_sync = !cancelled
+            && server.is_clean()
             && self.tracker.is_idle()
             && self.to_server.is_empty()
             && self.server_passthrough == 0;

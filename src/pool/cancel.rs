@@ -6,6 +6,9 @@
 //! server back while a cancel for it is being delivered: `release` waits
 //! until in-flight cancels have been acknowledged by the server (the
 //! postmaster closes the cancel socket after it has signalled the backend).
+//! Even then the backend acts on the signal when it next runs, which under
+//! load can be after the next client's query has arrived; so a server that
+//! was sent a cancel is closed rather than pooled (`release` says so).
 //! No lock is held across an `.await`; waiting uses a `Notify`.
 
 use rand::RngExt;
@@ -28,6 +31,8 @@ struct SlotState {
     waiting: bool,
     /// A cancel arrived while it waited.
     cancel_requested: bool,
+    /// A cancel was sent to the held server.
+    sent_to_target: bool,
 }
 
 /// The cancel state of one client session.
@@ -44,19 +49,23 @@ impl CancelSlot {
 
     /// The client now holds a server; cancels go there.
     pub fn hold(&self, target: CancelTarget) {
-        self.lock().target = Some(target);
+        let mut state = self.lock();
+        state.target = Some(target);
+        state.sent_to_target = false;
     }
 
     /// The client gives its server back. Waits while a cancel for that
     /// server is on its way, so it can never hit the next client's query.
-    pub async fn release(&self) {
+    /// Returns whether a cancel was sent to that server: it must then be
+    /// closed, not pooled.
+    pub async fn release(&self) -> bool {
         loop {
             let notified = self.delivered.notified();
             {
                 let mut state = self.lock();
                 if state.in_flight == 0 {
                     state.target = None;
-                    return;
+                    return std::mem::take(&mut state.sent_to_target);
                 }
             }
             notified.await;
@@ -104,6 +113,7 @@ impl CancelSlot {
                 return false;
             };
             state.in_flight += 1;
+            state.sent_to_target = true;
             t
         };
         if let Err(e) = target.send(CANCEL_TIMEOUT).await {
