@@ -251,15 +251,10 @@ impl Session<'_> {
         if !self.take_server(role, tag).await? {
             return Ok(Point::Handled);
         }
-        let begin = self.routing.deferred_begin.take();
+        let begin = self.routing.deferred_begin.clone();
         let complete = self.routing.unit_complete;
-        self.replay
-            .start(self.to_client.pushed(), begin.clone(), complete);
-        if let Some(begin) = begin {
-            self.to_server.push(begin);
-            self.tracker.hidden_query();
-        }
-        Ok(Point::Go)
+        self.replay.start(self.to_client.pushed(), begin, complete);
+        Ok(self.go_with_deferred_begin())
     }
 
     /// Goes on with the held server, sending a deferred BEGIN ahead of the

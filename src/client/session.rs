@@ -54,11 +54,6 @@ const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the reset query may take before the server is closed instead.
 const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 
-enum Flow {
-    Continue,
-    Terminate,
-}
-
 enum Event {
     ClientRead(std::io::Result<usize>),
     ServerRead(std::io::Result<usize>),
@@ -208,10 +203,8 @@ impl Session<'_> {
 
     async fn serve(&mut self) -> CloseReason {
         if !self.client_in.is_empty() {
-            match self.on_client_data().await {
-                Ok(Flow::Continue) => {}
-                Ok(Flow::Terminate) => return CloseReason::ClientTerminate,
-                Err(reason) => return reason,
+            if let Err(reason) = self.on_client_data().await {
+                return reason;
             }
         }
         loop {
@@ -239,19 +232,18 @@ impl Session<'_> {
                     }
                 }
                 Event::ClientRead(Ok(0)) => return CloseReason::ClientClosed,
-                Event::ClientRead(Ok(_)) => match self.on_client_data().await {
-                    Ok(Flow::Continue) => {
-                        let written = match self.server.as_deref_mut() {
-                            Some(s) => self.to_server.write_now(&mut s.wr),
-                            None => Ok(()),
-                        };
-                        if let Err(e) = written {
-                            return self.lose_server(&e.to_string()).await;
-                        }
+                Event::ClientRead(Ok(_)) => {
+                    if let Err(reason) = self.on_client_data().await {
+                        return reason;
                     }
-                    Ok(Flow::Terminate) => return CloseReason::ClientTerminate,
-                    Err(reason) => return reason,
-                },
+                    let written = match self.server.as_deref_mut() {
+                        Some(s) => self.to_server.write_now(&mut s.wr),
+                        None => Ok(()),
+                    };
+                    if let Err(e) = written {
+                        return self.lose_server(&e.to_string()).await;
+                    }
+                }
                 Event::ServerRead(Ok(0)) => {
                     return self.lose_server("server closed the connection").await
                 }
@@ -263,10 +255,8 @@ impl Session<'_> {
                             if !Box::pin(self.retry_request(why)).await {
                                 return self.lose_server(why).await;
                             }
-                            match self.on_client_data().await {
-                                Ok(Flow::Continue) => {}
-                                Ok(Flow::Terminate) => return CloseReason::ClientTerminate,
-                                Err(reason) => return reason,
+                            if let Err(reason) = self.on_client_data().await {
+                                return reason;
                             }
                         }
                         Err(problem) => return self.lose_server(problem).await,
@@ -279,10 +269,8 @@ impl Session<'_> {
                         // The server finished what the waiting input was
                         // queued behind: route it now.
                         self.routing.blocked = false;
-                        match self.on_client_data().await {
-                            Ok(Flow::Continue) => {}
-                            Ok(Flow::Terminate) => return CloseReason::ClientTerminate,
-                            Err(reason) => return reason,
+                        if let Err(reason) = self.on_client_data().await {
+                            return reason;
                         }
                     }
                 }
@@ -338,7 +326,8 @@ impl Session<'_> {
     /// Cuts whole client messages off the buffer and queues them for the
     /// server, checking out a server first when the client holds none.
     /// Messages that need no rewriting are forwarded as one contiguous run.
-    async fn on_client_data(&mut self) -> Result<Flow, CloseReason> {
+    /// A Terminate from the client ends the session (`ClientTerminate`).
+    async fn on_client_data(&mut self) -> Result<(), CloseReason> {
         // Input is being looked at now; a routing point blocks it again if
         // it must still wait.
         self.routing.blocked = false;
@@ -364,7 +353,7 @@ impl Session<'_> {
             }
             if header.tag == b'X' {
                 self.queue_client_messages(ready);
-                return Ok(Flow::Terminate);
+                return Err(CloseReason::ClientTerminate);
             }
             if !FRONTEND_TAGS.contains(&header.tag) {
                 self.queue_client_messages(ready);
@@ -434,7 +423,7 @@ impl Session<'_> {
             }
         }
         self.queue_client_messages(ready);
-        Ok(Flow::Continue)
+        Ok(())
     }
 
     pub(super) fn queue_client_messages(&mut self, len: usize) {
