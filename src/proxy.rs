@@ -115,6 +115,7 @@ pub struct Proxy {
 impl Proxy {
     /// Binds `proxy.listen` and starts serving.
     pub async fn start(config: Config) -> Result<Proxy, StartError> {
+        crate::tls::install_provider();
         let p = &config.proxy;
         let tls_acceptor = match (&p.tls_cert_file, &p.tls_key_file) {
             (Some(cert), Some(key)) => Some(crate::tls::acceptor(cert, key)?),
@@ -169,18 +170,28 @@ impl Proxy {
             stop.clone(),
         ));
         for cluster in &shared.config.clusters {
-            if let crate::config::DiscoveryConfig::Patroni {
-                urls,
-                poll_interval,
-            } = &cluster.discovery
-            {
-                tokio::spawn(topology::patroni::run(
-                    cluster.name.clone(),
-                    urls.clone(),
-                    poll_interval.0,
-                    topology_tx.clone(),
-                    stop.clone(),
-                ));
+            match &cluster.discovery {
+                crate::config::DiscoveryConfig::Patroni {
+                    urls,
+                    poll_interval,
+                } => {
+                    tokio::spawn(topology::patroni::run(
+                        cluster.name.clone(),
+                        urls.clone(),
+                        poll_interval.0,
+                        topology_tx.clone(),
+                        stop.clone(),
+                    ));
+                }
+                crate::config::DiscoveryConfig::Kubernetes(settings) => {
+                    tokio::spawn(topology::kubernetes::run(
+                        cluster.name.clone(),
+                        settings.clone(),
+                        topology_tx.clone(),
+                        stop.clone(),
+                    ));
+                }
+                crate::config::DiscoveryConfig::Static { .. } => {}
             }
         }
         tokio::spawn(topology::roles::run(

@@ -39,6 +39,13 @@ pub enum TlsError {
     Config(String),
 }
 
+/// Makes ring the process-wide rustls provider, which the Kubernetes
+/// client relies on: with two providers compiled in, rustls cannot choose
+/// and panics at runtime. Calling it again is harmless.
+pub fn install_provider() {
+    let _ = ring::default_provider().install_default();
+}
+
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(ring::default_provider())
 }

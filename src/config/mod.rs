@@ -5,9 +5,11 @@
 //! written. Errors name the file, the key and what is wrong.
 
 mod env;
+pub mod kubernetes;
 pub mod routing;
 pub mod units;
 
+pub use kubernetes::{KubernetesDiscovery, Preset, RoleLabels};
 pub use routing::{LeaderReads, ReadYourWrites, RoutingConfig, TransactionRouting};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -176,16 +178,8 @@ pub enum DiscoveryConfig {
         #[serde(default = "default_poll_interval")]
         poll_interval: Seconds,
     },
-    /// Kubernetes Pods by label (not built yet; see README status).
-    Kubernetes {
-        #[serde(default)]
-        namespace: Option<String>,
-        selector: String,
-        #[serde(default)]
-        preset: Option<String>,
-        #[serde(default)]
-        port: Option<u16>,
-    },
+    /// Kubernetes Pods by label selector, roles from a label.
+    Kubernetes(KubernetesDiscovery),
 }
 
 /// A static replica: `"host:port"`, or a table with a weight and a zone.
@@ -444,11 +438,9 @@ impl Config {
                         ));
                     }
                 }
-                DiscoveryConfig::Kubernetes { .. } => {
-                    return Err((
-                        format!("{key}.kind"),
-                        "kubernetes discovery is not built in this version (static and patroni are)".into(),
-                    ));
+                DiscoveryConfig::Kubernetes(k) => {
+                    k.validate()
+                        .map_err(|(field, problem)| (format!("{key}.{field}"), problem))?;
                 }
             }
         }

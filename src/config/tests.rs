@@ -109,13 +109,23 @@ fn patroni_discovery_is_checked() {
 }
 
 #[test]
-fn unbuilt_discovery_kinds_are_refused_clearly() {
-    let text = MINIMAL.replace(
-        STATIC_DISCOVERY,
-        "kind = \"kubernetes\"\nselector = \"a=b\"",
-    );
-    let e = parse(&text).unwrap_err();
-    assert_eq!(e.key, "clusters[0].discovery.kind");
+fn kubernetes_discovery_is_checked() {
+    let with = |d: &str| MINIMAL.replace(STATIC_DISCOVERY, d);
+    let ok = parse(&with(
+        "kind = \"kubernetes\"\nnamespace = \"default\"\nselector = \"cluster-name=acid-minimal-cluster,application=spilo\"\npreset = \"spilo\"\nport = 5432",
+    ));
+    assert!(ok.is_ok(), "{ok:?}");
+    let e = parse(&with("kind = \"kubernetes\"\nselector = \"\"")).unwrap_err();
+    assert_eq!(e.key, "clusters[0].discovery.selector");
+    let e = parse(&with(
+        "kind = \"kubernetes\"\nselector = \"a=b\"\nwatch_timeout = \"0s\"",
+    ))
+    .unwrap_err();
+    assert_eq!(e.key, "clusters[0].discovery.watch_timeout");
+    assert!(parse(&with(
+        "kind = \"kubernetes\"\nselector = \"a=b\"\nbogus = 1"
+    ))
+    .is_err());
 }
 
 #[test]

@@ -1,12 +1,14 @@
 //! The cluster topology: which members each cluster has and what role each
 //! plays, published as immutable snapshots through a `watch` channel.
 //!
-//! Pools and sessions read snapshots and never call back in. Only the
-//! `static` source exists so far: it publishes the configured addresses
-//! once. What changes between snapshots (health, WAL positions, lag, load)
+//! Pools and sessions read snapshots and never call back in. Sources:
+//! `static` publishes the configured addresses once ([`roles`] then follows
+//! what the probes see), [`patroni`] polls the REST API, [`kubernetes`]
+//! watches Pods. What changes between snapshots (health, WAL positions, lag, load)
 //! lives in [`state`], shared by every snapshot that has the member, and
 //! is kept current by [`probe`].
 
+pub mod kubernetes;
 pub mod patroni;
 pub mod probe;
 pub mod roles;
@@ -83,6 +85,37 @@ impl Member {
 }
 
 impl ClusterTopology {
+    /// A source's fresh member list for cluster `name`, keeping the live
+    /// state of members `previous` already had (by address) and the
+    /// cluster's WAL history.
+    pub fn rebuilt(
+        name: &str,
+        members: impl IntoIterator<Item = (Arc<str>, Role, u32, Arc<str>)>,
+        previous: Option<&ClusterTopology>,
+    ) -> ClusterTopology {
+        let members = members
+            .into_iter()
+            .map(|(addr, role, weight, zone)| {
+                let state = previous
+                    .and_then(|p| p.members.iter().find(|x| x.addr == addr))
+                    .map_or_else(|| Arc::new(MemberState::default()), |x| x.state.clone());
+                Member {
+                    addr,
+                    role,
+                    weight,
+                    zone,
+                    state,
+                }
+            })
+            .collect();
+        ClusterTopology {
+            name: name.to_string(),
+            members,
+            state: previous.map_or_else(|| Arc::new(ClusterState::default()), |p| p.state.clone()),
+            follow_probes: false,
+        }
+    }
+
     /// The member that takes writes, if one is known.
     pub fn leader(&self) -> Option<&Member> {
         self.members.iter().find(|m| m.role == Role::Leader)
@@ -115,11 +148,8 @@ impl Topology {
                             }))
                             .collect()
                     }
-                    // Filled in by the source once it has asked (Kubernetes is
-                    // refused by config validation until it exists).
-                    DiscoveryConfig::Patroni { .. } | DiscoveryConfig::Kubernetes { .. } => {
-                        Vec::new()
-                    }
+                    // Filled in by the source once it has asked.
+                    DiscoveryConfig::Patroni { .. } | DiscoveryConfig::Kubernetes(_) => Vec::new(),
                 };
                 ClusterTopology {
                     name: c.name.clone(),
@@ -143,6 +173,32 @@ pub type TopologyWatch = watch::Receiver<Arc<Topology>>;
 
 /// The sending end: sources publish new snapshots through it.
 pub type TopologySender = Arc<watch::Sender<Arc<Topology>>>;
+
+/// Replaces cluster `name` in the published snapshot with what `build`
+/// makes of the current one, when that differs; logs leader changes.
+/// Returns false when the cluster is gone from the topology.
+pub fn update_cluster(
+    sender: &TopologySender,
+    name: &str,
+    build: impl FnOnce(&ClusterTopology) -> ClusterTopology,
+) -> bool {
+    let current = sender.borrow().clone();
+    let Some(index) = current.clusters.iter().position(|c| c.name == name) else {
+        return false;
+    };
+    let before = &current.clusters[index];
+    let next = build(before);
+    if next != *before {
+        let leader = |c: &ClusterTopology| c.leader().map(|m| m.addr.to_string());
+        if leader(&next) != leader(before) {
+            tracing::info!(cluster = %name, from = ?leader(before), to = ?leader(&next), "leader changed");
+        }
+        let mut topology = (*current).clone();
+        topology.clusters[index] = next;
+        sender.send_replace(Arc::new(topology));
+    }
+    true
+}
 
 /// Starts publishing the topology for `config`; the sender must be kept
 /// alive as long as the proxy runs.

@@ -14,7 +14,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
-use super::{ClusterState, ClusterTopology, Member, MemberState, Role, TopologySender};
+use super::{ClusterTopology, Role, TopologySender};
 
 /// Largest `/cluster` answer read.
 const MAX_RESPONSE: usize = 1 << 20;
@@ -77,24 +77,9 @@ pub fn to_cluster(
         .filter(|m| m.role != "leader" || matches!(m.state.as_str(), "running" | "streaming"))
         .map(|m| {
             let addr: Arc<str> = format!("{}:{}", m.host, m.port).into();
-            let state = previous
-                .and_then(|p| p.members.iter().find(|x| x.addr == addr))
-                .map_or_else(|| Arc::new(MemberState::default()), |x| x.state.clone());
-            Member {
-                addr,
-                role: m.role(),
-                weight: u32::from(m.reads()),
-                zone: "".into(),
-                state,
-            }
-        })
-        .collect();
-    ClusterTopology {
-        name: name.to_string(),
-        members,
-        state: previous.map_or_else(|| Arc::new(ClusterState::default()), |p| p.state.clone()),
-        follow_probes: false,
-    }
+            (addr, m.role(), u32::from(m.reads()), Arc::from(""))
+        });
+    ClusterTopology::rebuilt(name, members, previous)
 }
 
 /// `GET {url}/cluster` over plain HTTP/1.1.
@@ -174,19 +159,10 @@ pub async fn run(
             continue;
         };
         failing = false;
-        let current = sender.borrow().clone();
-        let Some(index) = current.clusters.iter().position(|c| c.name == name) else {
+        if !super::update_cluster(&sender, &name, |current| {
+            to_cluster(&name, &info, Some(current))
+        }) {
             return;
-        };
-        let next = to_cluster(&name, &info, Some(&current.clusters[index]));
-        if next != current.clusters[index] {
-            let leader = |c: &ClusterTopology| c.leader().map(|m| m.addr.to_string());
-            if leader(&next) != leader(&current.clusters[index]) {
-                tracing::info!(cluster = %name, from = ?leader(&current.clusters[index]), to = ?leader(&next), "leader changed");
-            }
-            let mut topology = (*current).clone();
-            topology.clusters[index] = next;
-            sender.send_replace(Arc::new(topology));
         }
     }
 }
