@@ -186,7 +186,7 @@ impl Proxy {
                 crate::config::DiscoveryConfig::Kubernetes(settings) => {
                     tokio::spawn(topology::kubernetes::run(
                         cluster.name.clone(),
-                        settings.clone(),
+                        (**settings).clone(),
                         topology_tx.clone(),
                         stop.clone(),
                     ));

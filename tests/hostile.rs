@@ -166,7 +166,7 @@ async fn server_closing_during_authentication() {
             n += 1;
             let mut buf = [0u8; 512];
             let _ = sock.read(&mut buf).await;
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 // Garbage instead of an authentication request.
                 let _ = sock.write_all(b"R\0\0\0\x08\0\0\0\x63").await;
             }

@@ -179,7 +179,7 @@ pub enum DiscoveryConfig {
         poll_interval: Seconds,
     },
     /// Kubernetes Pods by label selector, roles from a label.
-    Kubernetes(KubernetesDiscovery),
+    Kubernetes(Box<KubernetesDiscovery>),
 }
 
 /// A static replica: `"host:port"`, or a table with a weight and a zone.
