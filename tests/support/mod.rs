@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod fake_apiserver;
 pub mod patroni;
 pub mod raw;
 
