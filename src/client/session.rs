@@ -245,7 +245,16 @@ impl Session<'_> {
                     }
                 }
                 Event::ServerRead(Ok(0)) => {
-                    return self.lose_server("server closed the connection").await
+                    let status = self.server.as_ref().map_or(b'I', |s| s.status);
+                    if self.between_requests(status) {
+                        // Closed while idle: another server takes the next request.
+                        if let Some(server) = self.server.take() {
+                            discard(server);
+                        }
+                        self.release_server().await;
+                    } else if !self.finish_orphaned_commit().await {
+                        return self.lose_server("server closed the connection").await;
+                    }
                 }
                 Event::ServerRead(Ok(_)) => {
                     match self.on_server_data() {
@@ -558,6 +567,23 @@ impl Session<'_> {
                 break;
             }
             if header.tag == b'E'
+                && between_requests(
+                    server.status,
+                    self.mode,
+                    self.pinned,
+                    &self.to_server,
+                    &mut self.tracker,
+                )
+            {
+                // Nothing was asked of it: the server is going away (a
+                // FATAL while idle, as in a shutdown). The client, whose
+                // answers are all in, need not hear of it.
+                server.broken = true;
+                server.rbuf.truncate(off);
+                release = true;
+                break;
+            }
+            if header.tag == b'E'
                 && off == 0
                 && self.replay.possible(self.to_client.pushed())
                 && retryable_error(
@@ -595,6 +621,11 @@ impl Session<'_> {
                         server.set_param(&name, &value);
                         self.login.params.follow_report(&name, &value);
                     }
+                }
+                b'N' if is_orphaned_commit_warning(body) => {
+                    // The server will close without a ReadyForQuery.
+                    server.broken = true;
+                    server.orphaned_commit = true;
                 }
                 b'E' => self.login.params.transaction_failed(),
                 b'C' if self.login.params.has_pending() && body.starts_with(b"ROLLBACK") => {
@@ -694,6 +725,48 @@ impl Session<'_> {
         self.replay.shrink();
     }
 
+    /// Nothing is owed by the server or queued for it, and no transaction
+    /// is open, in transaction mode without pinning: losing the server
+    /// now costs the client nothing.
+    fn between_requests(&mut self, status: u8) -> bool {
+        between_requests(
+            status,
+            self.mode,
+            self.pinned,
+            &self.to_server,
+            &mut self.tracker,
+        )
+    }
+
+    /// The server closed after warning that it stopped waiting for
+    /// synchronous replication of a commit because it is shutting down
+    /// (what a fast shutdown, and so a Patroni switchover, does to a
+    /// backend in that wait): the transaction committed locally, and a
+    /// clean shutdown streams it to the standbys. When only the final
+    /// Sync's ReadyForQuery is missing, pgsplit reports the commit, as
+    /// PostgreSQL itself does when that wait is cancelled (the client has
+    /// the warning), and the session goes on with a new server. Returns
+    /// false when more was owed: the client is then told the server was
+    /// lost.
+    async fn finish_orphaned_commit(&mut self) -> bool {
+        let orphaned = self.server.as_ref().is_some_and(|s| s.orphaned_commit);
+        if !orphaned || !self.tracker.take_lone_sync() {
+            return false;
+        }
+        if let Some(server) = self.server.take() {
+            tracing::info!(server = %server.addr, "server shut down after a local commit; reported the commit to the client");
+            self.login.cancel.release().await;
+            discard(server);
+        }
+        self.to_client.push(Bytes::from_static(b"Z\0\0\0\x05I"));
+        self.reset_server_stream();
+        self.release_server().await;
+        if self.to_client.write_now(&mut self.client_wr).is_err() {
+            return false;
+        }
+        true
+    }
+
     /// The server failed mid-use: close it and tell the client. Rare, so
     /// boxed.
     async fn lose_server(&mut self, problem: &str) -> CloseReason {
@@ -771,6 +844,28 @@ impl Session<'_> {
             }
         }
     }
+}
+
+/// See [`Session::between_requests`].
+fn between_requests(
+    status: u8,
+    mode: PoolMode,
+    pinned: bool,
+    to_server: &OutQueue,
+    tracker: &mut Tracker,
+) -> bool {
+    status == b'I'
+        && mode == PoolMode::Transaction
+        && !pinned
+        && to_server.is_empty()
+        && tracker.is_idle()
+}
+
+/// A NoticeResponse saying the backend stopped waiting for synchronous
+/// replication of its commit because it is being terminated: a WARNING
+/// with SQLSTATE 57P01, which PostgreSQL sends only there.
+fn is_orphaned_commit_warning(body: &[u8]) -> bool {
+    crate::wire::messages::parse_error_fields(body).code == "57P01"
 }
 
 /// Name and value of a ParameterStatus body.

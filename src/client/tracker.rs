@@ -316,6 +316,20 @@ impl Tracker {
         }
     }
 
+    /// Everything the client sent was answered but for the ReadyForQuery
+    /// of one final Sync (the commit of an extended-protocol request
+    /// happens there). Takes that Sync off when so.
+    pub fn take_lone_sync(&mut self) -> bool {
+        let lone = !self.unsynced
+            && !self.copy_in
+            && self.units.len() == 1
+            && self.units.front() == Some(&Unit::Sync);
+        if lone {
+            self.units.clear();
+        }
+        lone
+    }
+
     /// Nothing is owed and nothing is half-sent: the server is in sync.
     /// A CopyDone/CopyFail with no command before it is stale (its copy
     /// already failed) and is forgotten here.

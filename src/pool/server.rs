@@ -161,6 +161,9 @@ pub struct ServerConn {
     pub status: u8,
     /// Set when the connection must not be reused (state unknown).
     pub broken: bool,
+    /// The backend warned that it is terminating after a local commit
+    /// whose synchronous replication it stopped waiting for.
+    pub orphaned_commit: bool,
     /// Digest of the client parameters this server was last brought to;
     /// cleared by any change pgsplit sees, so a client wanting exactly
     /// those values skips the comparison.
@@ -200,6 +203,7 @@ impl ServerConn {
             defaults: Vec::new(),
             status: b'I',
             broken: false,
+            orphaned_commit: false,
             applied_for: None,
             prepared: Prepared::default(),
             unnamed_owner: None,

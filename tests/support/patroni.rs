@@ -1,9 +1,10 @@
-//! A real Patroni cluster for tests: one etcd and three Patroni members
-//! (Debian's `patroni` and `etcd-server`) on loopback ports in a temp
-//! directory, PostgreSQL run as the `postgres` OS user when we are root,
+//! A real Patroni cluster for tests: three Patroni members (Debian's
+//! `patroni`) with etcd (`etcd-server`) or the fake Kubernetes apiserver as
+//! their DCS, on loopback ports in a temp directory, PostgreSQL run as the `postgres` OS user when we are root,
 //! synchronous replication on (`synchronous_mode`), so a failover loses no
 //! committed write. Everything is stopped and removed on drop.
 
+use super::fake_apiserver::FakeApiserver;
 use pgsplit::demo::cluster::{find_bin_dir, free_port, postgres_user_if_root};
 use pgsplit::topology::patroni::{get_cluster, ClusterInfo};
 use std::os::unix::process::CommandExt;
@@ -37,12 +38,26 @@ impl Member {
     }
 }
 
-/// etcd plus three Patroni members.
+/// Where the members keep their shared state.
+pub enum Dcs<'a> {
+    /// An etcd the harness starts.
+    Etcd,
+    /// The fake apiserver (`dcs: kubernetes`, ConfigMaps): Patroni writes
+    /// the pods' role labels and the leader ConfigMap there itself.
+    Kubernetes(&'a FakeApiserver),
+}
+
+/// Scope of the test cluster, and its pods' `cluster-name` label.
+pub const SCOPE: &str = "pgsplit-test";
+
+/// Three Patroni members and their DCS.
 pub struct PatroniCluster {
     pub dir: PathBuf,
     pub members: Vec<Member>,
     etcd: Option<Child>,
     run_as: Option<(u32, u32)>,
+    /// KUBECONFIG for Patroni and patronictl on the fake apiserver.
+    kubeconfig: Option<PathBuf>,
 }
 
 fn as_postgres(cmd: &mut Command, run_as: Option<(u32, u32)>) -> &mut Command {
@@ -74,6 +89,11 @@ impl PatroniCluster {
     /// running replicas; creates role `app` (password `app-secret`) and
     /// database `app`.
     pub async fn start() -> PatroniCluster {
+        PatroniCluster::start_on(Dcs::Etcd).await
+    }
+
+    /// Like [`start`](Self::start), with the DCS named.
+    pub async fn start_on(dcs: Dcs<'_>) -> PatroniCluster {
         let run_as = postgres_user_if_root().expect("find the postgres user");
         let dir = std::env::temp_dir().join(format!(
             "pgsplit-patroni-{}-{}",
@@ -87,33 +107,44 @@ impl PatroniCluster {
             }
         };
         chown(&dir);
-        let (client, peer) = (free_port().unwrap(), free_port().unwrap());
-        let etcd = as_postgres(&mut Command::new("etcd"), run_as)
-            .args([
-                "--name",
-                "e1",
-                "--data-dir",
-                &dir.join("etcd").to_string_lossy(),
-                "--listen-client-urls",
-                &format!("http://127.0.0.1:{client}"),
-                "--advertise-client-urls",
-                &format!("http://127.0.0.1:{client}"),
-                "--listen-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-                "--initial-advertise-peer-urls",
-                &format!("http://127.0.0.1:{peer}"),
-                "--initial-cluster",
-                &format!("e1=http://127.0.0.1:{peer}"),
-            ])
-            .stdout(log_file(&dir.join("etcd.log")))
-            .stderr(log_file(&dir.join("etcd.err")))
-            .spawn()
-            .expect("start etcd (Debian package etcd-server)");
+        let (etcd, dcs_yaml, kubeconfig) = match dcs {
+            Dcs::Etcd => {
+                let (client, peer) = (free_port().unwrap(), free_port().unwrap());
+                let etcd = as_postgres(&mut Command::new("etcd"), run_as)
+                    .args([
+                        "--name",
+                        "e1",
+                        "--data-dir",
+                        &dir.join("etcd").to_string_lossy(),
+                        "--listen-client-urls",
+                        &format!("http://127.0.0.1:{client}"),
+                        "--advertise-client-urls",
+                        &format!("http://127.0.0.1:{client}"),
+                        "--listen-peer-urls",
+                        &format!("http://127.0.0.1:{peer}"),
+                        "--initial-advertise-peer-urls",
+                        &format!("http://127.0.0.1:{peer}"),
+                        "--initial-cluster",
+                        &format!("e1=http://127.0.0.1:{peer}"),
+                    ])
+                    .stdout(log_file(&dir.join("etcd.log")))
+                    .stderr(log_file(&dir.join("etcd.err")))
+                    .spawn()
+                    .expect("start etcd (Debian package etcd-server)");
+                (Some(etcd), format!("etcd3:\n  hosts: 127.0.0.1:{client}\n"), None)
+            }
+            Dcs::Kubernetes(fake) => (
+                None,
+                "kubernetes:\n  namespace: default\n  context: fake\n  labels:\n    application: patroni\n  role_label: role\n  use_endpoints: false\n  pod_ip: 127.0.0.1\n".to_string(),
+                Some((fake, fake.kubeconfig())),
+            ),
+        };
         let mut cluster = PatroniCluster {
             dir: dir.clone(),
             members: Vec::new(),
-            etcd: Some(etcd),
+            etcd,
             run_as,
+            kubeconfig: kubeconfig.as_ref().map(|(_, path)| path.clone()),
         };
         let bin = find_bin_dir().expect("PostgreSQL binaries");
         for i in 1..=3 {
@@ -128,14 +159,12 @@ impl PatroniCluster {
             std::fs::write(
                 &config,
                 format!(
-                    "scope: pgsplit-test
+                    "scope: {SCOPE}
 name: {name}
 restapi:
   listen: 127.0.0.1:{api_port}
   connect_address: 127.0.0.1:{api_port}
-etcd3:
-  hosts: 127.0.0.1:{client}
-bootstrap:
+{dcs_yaml}bootstrap:
   dcs:
     ttl: 10
     loop_wait: 1
@@ -173,6 +202,15 @@ postgresql:
             )
             .unwrap();
             chown(&config);
+            if let Some((fake, _)) = &kubeconfig {
+                // The pod Patroni runs in, as a StatefulSet would create it.
+                fake.apply("pods", "default", serde_json::json!({
+                    "metadata": {"name": name, "labels": {"application": "patroni", "cluster-name": SCOPE}},
+                    "spec": {"containers": [{"name": "postgres", "ports": [
+                        {"name": "postgresql", "containerPort": pg_port}]}]},
+                    "status": {"podIP": "127.0.0.1", "conditions": [{"type": "Ready", "status": "True"}]}
+                }));
+            }
             let mut member = Member {
                 name,
                 pg_port,
@@ -191,8 +229,19 @@ postgresql:
         cluster
     }
 
+    /// `program` as the postgres user, with KUBECONFIG when on the fake.
+    fn command(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        as_postgres(&mut cmd, self.run_as);
+        if let Some(path) = &self.kubeconfig {
+            cmd.env("KUBECONFIG", path);
+        }
+        cmd
+    }
+
     fn spawn(&self, member: &mut Member) {
-        let child = as_postgres(&mut Command::new("patroni"), self.run_as)
+        let child = self
+            .command("patroni")
             .arg(&member.config)
             .current_dir(&self.dir)
             .stdout(log_file(&self.dir.join(format!("{}.out", member.name))))
@@ -279,7 +328,8 @@ postgresql:
 
     /// `patronictl switchover` from member `from` to member `to`.
     pub fn switchover(&self, from: usize, to: usize) -> String {
-        let out = as_postgres(&mut Command::new("patronictl"), self.run_as)
+        let out = self
+            .command("patronictl")
             .arg("-c")
             .arg(&self.members[from].config)
             .args([

@@ -412,7 +412,11 @@ async fn handle(
         name: name.to_string(),
     };
     let result = match (r.method.as_str(), name) {
-        ("GET", None) if matches!(r.query.get("watch").map(String::as_str), Some("true" | "1")) => {
+        ("GET", None)
+            if r.query
+                .get("watch")
+                .is_some_and(|w| w.eq_ignore_ascii_case("true") || w == "1") =>
+        {
             inner.stats.watches.fetch_add(1, Ordering::Relaxed);
             return watch(socket, inner, &r, filter, api_version, kind).await;
         }
