@@ -122,3 +122,53 @@ async fn writes_wait_for_a_promoted_replica() {
     let since_promotion = ok.load(Ordering::Relaxed) - during_gap;
     assert!(row.get::<_, i64>(0) as usize >= since_promotion + before.saturating_sub(50));
 }
+
+/// A backend waiting for synchronous replication of its commit is
+/// terminated (what a fast shutdown does to the old leader in a
+/// switchover): PostgreSQL warns that the transaction committed locally and
+/// closes without a ReadyForQuery. pgsplit reports the commit, as
+/// PostgreSQL does when that wait is cancelled, and the client goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_commit_orphaned_by_a_terminated_sync_wait_is_reported() {
+    support::init_logging();
+    let env = TestEnv::start(0, "pool_size = 2").await;
+    let c = env.connect().await;
+    c.batch_execute("CREATE TABLE orphan(id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    // A synchronous standby that never comes: every commit waits.
+    env.leader_sql("ALTER SYSTEM SET synchronous_standby_names = 'nobody'");
+    env.leader_sql("SELECT pg_reload_conf()");
+    let insert = {
+        let c = env.connect().await;
+        tokio::spawn(async move {
+            let row = c
+                .query_one("INSERT INTO orphan VALUES ($1) RETURNING id", &[&7i32])
+                .await;
+            (row.map(|r| r.get::<_, i32>(0)), c)
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        let pid = env.leader_sql("SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'");
+        if !pid.is_empty() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the commit never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    env.leader_sql(&format!("SELECT pg_terminate_backend({pid})"));
+    let (row, client) = tokio::time::timeout(Duration::from_secs(10), insert)
+        .await
+        .expect("the insert got an answer")
+        .unwrap();
+    env.leader_sql("ALTER SYSTEM RESET synchronous_standby_names");
+    env.leader_sql("SELECT pg_reload_conf()");
+    assert_eq!(row.map_err(|e| e.to_string()), Ok(7), "the commit is reported");
+    let count: i64 = client
+        .query_one("SELECT count(*) FROM orphan", &[])
+        .await
+        .expect("the client goes on with another server")
+        .get(0);
+    assert_eq!(count, 1, "the row committed");
+}
