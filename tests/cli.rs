@@ -41,6 +41,34 @@ fn check_accepts_the_shipped_local_config_and_masks_secrets() {
 }
 
 #[test]
+fn check_accepts_every_shipped_config() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/config");
+    let secret = write("zalando-password", "from-a-secret\n");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().and_then(|e| e.to_str()) != Some("toml") {
+            continue;
+        }
+        // The Kubernetes example reads its password from a mounted Secret.
+        let text = std::fs::read_to_string(&path)
+            .unwrap()
+            .replace("/etc/pgsplit/secrets/zalando/password", &secret);
+        let copy = write("shipped.toml", &text);
+        let out = pgsplit(&["check", "--config", &copy], &[]);
+        assert!(
+            out.status.success(),
+            "{}: {}",
+            path.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!String::from_utf8_lossy(&out.stdout).contains("from-a-secret"));
+        checked += 1;
+    }
+    assert!(checked >= 3, "local, patroni and kubernetes examples");
+}
+
+#[test]
 fn check_names_file_key_and_problem() {
     let path = write(
         "bad.toml",

@@ -164,7 +164,11 @@ async fn a_commit_orphaned_by_a_terminated_sync_wait_is_reported() {
         .unwrap();
     env.leader_sql("ALTER SYSTEM RESET synchronous_standby_names");
     env.leader_sql("SELECT pg_reload_conf()");
-    assert_eq!(row.map_err(|e| e.to_string()), Ok(7), "the commit is reported");
+    assert_eq!(
+        row.map_err(|e| e.to_string()),
+        Ok(7),
+        "the commit is reported"
+    );
     let count: i64 = client
         .query_one("SELECT count(*) FROM orphan", &[])
         .await

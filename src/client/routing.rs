@@ -525,6 +525,14 @@ impl Session<'_> {
                 }
                 continue;
             }
+            if member.role == Role::Replica && server.reported("in_hot_standby") == Some("off") {
+                // Promoted, or never a replica: suspect until the topology
+                // agrees; the read goes elsewhere.
+                tracing::warn!(member = %member.addr, "a server opened for a replica is not in recovery; it takes no reads until the topology agrees");
+                member.state.observed(false);
+                discard(server);
+                continue;
+            }
             self.hold(server, &member).await?;
             return Ok(true);
         }

@@ -10,7 +10,7 @@
 //! and the caller falls back to the leader or fails, as configured.
 
 use crate::config::{LeaderReads, RoutingConfig};
-use crate::topology::{ClusterTopology, Member, Role};
+use crate::topology::{ClusterTopology, Member, Observed, Role};
 
 /// A small fast random number source (xorshift64*), one per session.
 #[derive(Debug, Clone)]
@@ -45,6 +45,9 @@ pub fn can_read(member: &Member, routing: &RoutingConfig, need_lsn: Option<u64>)
     let max_millis = routing.max_replica_lag_seconds.0.as_millis() as u64;
     member.weight > 0
         && s.is_healthy()
+        // Suspect: it says it is not in recovery, so it is not what the
+        // topology calls it (until the topology agrees).
+        && s.observed_role() != Observed::Primary
         && (max_bytes == 0 || s.lag_bytes() <= max_bytes)
         && (max_millis == 0 || s.lag_millis() <= max_millis)
         && need_lsn.is_none_or(|lsn| s.wal_lsn() >= lsn)
@@ -142,6 +145,17 @@ mod tests {
         assert_eq!(n[0], 0);
         assert!(n[2] > n[1] * 2, "weight 3 takes most reads: {n:?}");
         assert!(n[1] > 100, "weight 1 still takes some: {n:?}");
+    }
+
+    #[test]
+    fn a_replica_that_says_it_is_a_primary_takes_no_reads() {
+        let c = cluster(vec![
+            member("a", Role::Replica, 1, ""),
+            member("b", Role::Replica, 1, ""),
+        ]);
+        c.members[0].state.observed(false);
+        c.members[1].state.observed(true);
+        assert_eq!(counts(&c, &RoutingConfig::default(), None), vec![0, 3000]);
     }
 
     #[test]
