@@ -5,9 +5,11 @@
 //! [`client::session`] runs the request loop, [`route`] picks the target,
 //! [`pool`] hands out a server connection, and the loop forwards bytes.
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod metrics;
 pub mod pool;
 pub mod proxy;
 pub mod route;

@@ -24,7 +24,11 @@ use crate::topology::{self, TopologyWatch};
 
 /// State every client task shares.
 pub struct Shared {
-    pub config: Arc<Config>,
+    /// The config in force; a reload swaps it.
+    config: arc_swap::ArcSwap<Config>,
+    pub metrics: crate::metrics::Metrics,
+    /// Set when a shutdown starts: /readyz turns false.
+    pub shutting_down: std::sync::atomic::AtomicBool,
     pub users: UserDirectory,
     pub pools: Arc<Pools>,
     pub cancels: CancelRegistry,
@@ -45,6 +49,12 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The config in force (cheap: no lock, no reference count when the
+    /// guard is short-lived).
+    pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
+        self.config.load()
+    }
+
     /// A process-unique id for a new client.
     pub fn next_client_id(&self) -> u64 {
         self.next_client_id.fetch_add(1, Ordering::Relaxed)
@@ -53,7 +63,7 @@ impl Shared {
     /// The read-your-writes mark a new session of `user` uses: its own, or
     /// the user's shared one.
     pub fn write_mark(&self, user: &str) -> Arc<WriteMark> {
-        if self.config.routing.read_your_writes != ReadYourWrites::User {
+        if self.config().routing.read_your_writes != ReadYourWrites::User {
             return Arc::default();
         }
         self.write_marks
@@ -106,6 +116,7 @@ fn probe_settings(
 /// A running proxy.
 pub struct Proxy {
     local_addr: SocketAddr,
+    admin_addr: SocketAddr,
     shared: Arc<Shared>,
     stop: CancellationToken,
     accept_task: JoinHandle<()>,
@@ -124,16 +135,8 @@ impl Proxy {
         let server_tls = crate::tls::connector(p.server_tls_mode, p.server_tls_ca_file.as_deref())?
             .map(|c| (c, p.server_tls_mode));
         let pools_tls = server_tls.clone();
-        let listener = TcpListener::bind(&config.proxy.listen)
-            .await
-            .map_err(|source| StartError::Listen {
-                addr: config.proxy.listen.clone(),
-                source,
-            })?;
-        let local_addr = listener.local_addr().map_err(|source| StartError::Listen {
-            addr: config.proxy.listen.clone(),
-            source,
-        })?;
+        let (listener, local_addr) = bind(&config.proxy.listen).await?;
+        let (admin_listener, admin_addr) = bind(&config.proxy.admin_listen).await?;
         let p = &config.proxy;
         let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
         let pools = Pools::new(PoolSettings {
@@ -149,7 +152,9 @@ impl Proxy {
         let probes = probe_settings(&config, pools_tls.clone());
         let shared = Arc::new(Shared {
             users: UserDirectory::new(&config),
-            config: Arc::new(config),
+            config: arc_swap::ArcSwap::from_pointee(config),
+            metrics: crate::metrics::Metrics::new(),
+            shutting_down: std::sync::atomic::AtomicBool::new(false),
             pools: pools.clone(),
             cancels: CancelRegistry::default(),
             statements: StatementRegistry::default(),
@@ -163,13 +168,13 @@ impl Proxy {
         });
         let stop = CancellationToken::new();
         tokio::spawn(pools.clone().run_sweeper(stop.clone()));
-        let interval = shared.config.routing.probe_interval.0;
+        let interval = shared.config().routing.probe_interval.0;
         tokio::spawn(topology::probe::run(
             shared.topology.clone(),
             probes,
             stop.clone(),
         ));
-        for cluster in &shared.config.clusters {
+        for cluster in &shared.config().clusters {
             match &cluster.discovery {
                 crate::config::DiscoveryConfig::Patroni {
                     urls,
@@ -204,10 +209,20 @@ impl Proxy {
                 .clone()
                 .follow_topology(shared.topology.clone(), stop.clone()),
         );
+        tokio::spawn(crate::admin::status::count_leader_changes(
+            shared.clone(),
+            stop.clone(),
+        ));
+        tokio::spawn(crate::admin::http::serve(
+            admin_listener,
+            shared.clone(),
+            stop.clone(),
+        ));
         let accept_task = tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
-        tracing::info!(listen = %local_addr, "pgsplit is accepting clients");
+        tracing::info!(listen = %local_addr, admin = %admin_addr, "pgsplit is accepting clients");
         Ok(Proxy {
             local_addr,
+            admin_addr,
             shared,
             stop,
             accept_task,
@@ -218,6 +233,11 @@ impl Proxy {
     /// The address clients connect to (useful when listening on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The admin HTTP server's address.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
     }
 
     /// State shared with client tasks (pools, clients), for status output.
@@ -232,6 +252,17 @@ impl Proxy {
         let _ = self.accept_task.await;
         self.shared.pools.close();
     }
+}
+
+/// Binds `addr`, returning the listener and the address it got.
+async fn bind(addr: &str) -> Result<(TcpListener, SocketAddr), StartError> {
+    let error = |source| StartError::Listen {
+        addr: addr.to_string(),
+        source,
+    };
+    let listener = TcpListener::bind(addr).await.map_err(error)?;
+    let local = listener.local_addr().map_err(error)?;
+    Ok((listener, local))
 }
 
 async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: CancellationToken) {
@@ -266,7 +297,7 @@ async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) 
     let _ = stream.set_nodelay(true);
     let count = shared.clients.fetch_add(1, Ordering::Relaxed) + 1;
     let _slot = ClientSlot(&shared.clients);
-    let over_limit = count > shared.config.proxy.max_client_connections as usize;
+    let over_limit = count > shared.config().proxy.max_client_connections as usize;
     // Boxed: login's future is large and needed once; every idle client's
     // task would otherwise carry its space for the whole session.
     let login = Box::pin(login::login(stream, peer, &shared, over_limit));

@@ -21,7 +21,7 @@ async fn assert_no_server_held(env: &TestEnv) {
             .pools
             .status()
             .iter()
-            .map(|(_, _, _, idle, total)| total - idle)
+            .map(|p| p.active())
             .sum();
         if busy == 0 {
             return;

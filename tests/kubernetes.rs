@@ -138,6 +138,17 @@ async fn role_labels_move_writes_within_a_second() {
     assert_eq!(reads, HashSet::from([env.cluster.replicas[1].port]));
     assert!(!reads.contains(&old));
 
+    let admin = env.proxy.as_ref().unwrap().admin_addr();
+    let metrics = support::parse_metrics(&support::http_get(admin, "/metrics").await.1);
+    assert_eq!(
+        support::metric_sum(
+            &metrics,
+            "pgsplit_leader_changes_total",
+            &[("cluster", "main")]
+        ),
+        1.0
+    );
+
     // The watches were renewed (timeoutSeconds = 2) and bookmarks sent.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(leader_port(&client).await, Ok(new));

@@ -68,7 +68,7 @@ pub async fn login(
     shared: &Shared,
     over_limit: bool,
 ) -> Option<Admitted> {
-    let deadline = Instant::now() + shared.config.proxy.client_login_timeout.0;
+    let deadline = Instant::now() + shared.config().proxy.client_login_timeout.0;
     let mut buf = BytesMut::with_capacity(1024);
     let mut tcp = tcp;
     let offer_tls = shared.tls_acceptor.is_some();
@@ -125,6 +125,8 @@ pub async fn login(
     };
     let reason = CloseReason::for_login(&err.code, Instant::now() >= deadline);
     tracing::info!(client = %peer, reason = reason.as_str(), error = %err, "client login refused");
+    shared.metrics.client_closed(reason.as_str());
+    shared.metrics.error_sent(&err.code);
     let _ = stream.write_all(&err.to_bytes()).await;
     None
 }
@@ -251,7 +253,7 @@ async fn finish_login(
     shared: &Shared,
     over_limit: bool,
 ) -> Result<(LoggedIn, Option<PooledServer>, Routing), ProxyError> {
-    if shared.config.proxy.tls_require && !stream.is_tls() {
+    if shared.config().proxy.tls_require && !stream.is_tls() {
         return Err(ProxyError::fatal(
             "28000",
             "TLS is required (tls_require = true); connect with sslmode=require",
@@ -272,7 +274,7 @@ async fn finish_login(
             "53300",
             format!(
                 "sorry, too many clients already (max_client_connections = {})",
-                shared.config.proxy.max_client_connections
+                shared.config().proxy.max_client_connections
             ),
         ));
     }
@@ -305,12 +307,13 @@ async fn finish_login(
     let user = shared.users.authenticate(stream, buf, &user_name).await?;
     messages::auth_ok(&mut out);
 
-    let routing_config = &shared.config.routing;
+    let config = std::sync::Arc::clone(&shared.config());
+    let routing_config = &config.routing;
     let (database, read_only) = match routing_config.read_only_alias(&database) {
         Some(real) => (real.to_string(), true),
         None => (database, false),
     };
-    let cluster = shared.config.cluster_for(&database).ok_or_else(|| {
+    let cluster = config.cluster_for(&database).ok_or_else(|| {
         ProxyError::fatal(
             "3D000",
             format!("no cluster serves database \"{database}\""),
@@ -318,24 +321,56 @@ async fn finish_login(
     })?;
     let client_id = shared.next_client_id();
     // The login server: the leader, or a replica for a read-only alias.
-    let topology = shared.topology.borrow().clone();
-    let members = topology.cluster(&cluster.name);
-    let home = members.and_then(|c| login_member(c, routing_config, read_only, client_id));
-    let home = home.ok_or_else(|| {
-        let what = if read_only {
-            "no replica available"
-        } else {
-            "no leader known"
-        };
-        ProxyError::fatal("57P03", format!("{what} for cluster \"{}\"", cluster.name))
-    })?;
+    // While the cluster has no member to offer (a source that has not
+    // answered yet, a failover), the login waits as writes do.
+    let mut watch = shared.topology.clone();
+    let wait_until = tokio::time::Instant::now() + routing_config.leader_wait_timeout.0;
+    let (topology, home) = loop {
+        let topology = watch.borrow_and_update().clone();
+        let home = topology
+            .cluster(&cluster.name)
+            .and_then(|c| login_member(c, routing_config, read_only, client_id))
+            .cloned();
+        if let Some(home) = home {
+            break (topology, home);
+        }
+        if !matches!(
+            tokio::time::timeout_at(wait_until, watch.changed()).await,
+            Ok(Ok(()))
+        ) {
+            let what = if read_only {
+                "no replica available"
+            } else {
+                "no leader known"
+            };
+            return Err(ProxyError::fatal(
+                "57P03",
+                format!("{what} for cluster \"{}\"", cluster.name),
+            ));
+        }
+    };
+    let home = &home;
+    let _ = &topology;
     let group = shared
         .pools
         .group(&database, &user.config.name, user.config.password());
     let pool = group.pool(home);
     let mark = shared.write_mark(&user.config.name);
-    let mut routing = Routing::new(cluster.name.clone(), group, read_only, mark, client_id);
-    let session_mode = shared.config.proxy.pool_mode == PoolMode::Session;
+    let metrics = shared
+        .metrics
+        .session(&cluster.name, &database, &user.config.name);
+    let mut routing = Routing::new(
+        cluster.name.clone(),
+        group,
+        read_only,
+        mark,
+        client_id,
+        metrics,
+    );
+    if home.role == crate::topology::Role::Replica {
+        routing.route = crate::metrics::Route::Replica;
+    }
+    let session_mode = config.proxy.pool_mode == PoolMode::Session;
     // A server now, if one is free, to check the client's settings and
     // learn the server's values; in transaction mode a busy pool must not
     // stop logins, so the values a fresh server reported stand in.

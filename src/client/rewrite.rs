@@ -28,7 +28,7 @@ impl Session<'_> {
     /// mode, and in session mode with read/write splitting, where a
     /// session's statements must exist on its leader and replica servers.
     pub(super) fn pooled_statements(&self) -> bool {
-        self.mode == PoolMode::Transaction || self.shared.config.routing.read_write_split
+        self.mode == PoolMode::Transaction || self.shared.config().routing.read_write_split
     }
 
     fn standard_strings(&self) -> bool {
@@ -147,7 +147,7 @@ impl Session<'_> {
     /// Close for an evicted statement) when it does not. `visible` is true
     /// when the client itself sent the Parse.
     fn ensure_prepared(&mut self, statement: &Arc<Statement>, visible: bool) {
-        let capacity = self.shared.config.proxy.max_prepared_statements as usize;
+        let capacity = self.shared.config().proxy.max_prepared_statements as usize;
         let Some(server) = self.server.as_deref_mut() else {
             return;
         };

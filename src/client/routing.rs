@@ -33,9 +33,11 @@
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::session::{CloseReason, Session};
 use crate::config::{LeaderReads, PoolMode, ReadYourWrites};
+use crate::metrics::{Route, SessionMetrics};
 use crate::pool::group::PoolGroup;
 use crate::pool::pools::PooledServer;
 use crate::pool::pools::{discard, CheckoutError};
@@ -93,6 +95,15 @@ pub struct Routing {
     /// Unnamed Parses looked at by a scan and not yet forwarded.
     scanned_unnamed: usize,
     rng: Rng,
+    /// Counters and timers of this (cluster, database, user).
+    pub metrics: Arc<SessionMetrics>,
+    /// Where the held server's work counts: leader, replica, or fallback
+    /// (a read the leader took because no replica qualified).
+    pub route: Route,
+    /// When the request in flight started (its first message).
+    request_started: Option<Instant>,
+    /// When the transaction in flight started.
+    transaction_started: Option<Instant>,
 }
 
 impl Routing {
@@ -102,6 +113,7 @@ impl Routing {
         read_only: bool,
         mark: Arc<WriteMark>,
         seed: u64,
+        metrics: Arc<SessionMetrics>,
     ) -> Routing {
         Routing {
             cluster,
@@ -120,6 +132,10 @@ impl Routing {
             unnamed: None,
             scanned_unnamed: 0,
             rng: Rng::new(seed),
+            metrics,
+            route: Route::Leader,
+            request_started: None,
+            transaction_started: None,
         }
     }
 
@@ -136,6 +152,11 @@ impl Routing {
             }
             b'Q' => self.unnamed = None,
             _ => {}
+        }
+        if self.unit_start && self.request_started.is_none() {
+            let now = Instant::now();
+            self.request_started = Some(now);
+            self.transaction_started.get_or_insert(now);
         }
         self.unit_start = matches!(tag, b'S' | b'Q' | b'F');
     }
@@ -157,8 +178,20 @@ impl Routing {
         }
     }
 
-    /// ReadyForQuery with `status` from the held server.
+    /// ReadyForQuery with `status` from the held server: a request ended
+    /// (and a transaction, when idle). A pipelined request whose start
+    /// was not marked counts with no duration.
     pub fn server_ready(&mut self, status: u8) {
+        let now = Instant::now();
+        let started = self.request_started.take().unwrap_or(now);
+        self.metrics
+            .query(self.route, (now - started).as_secs_f64());
+        if status == b'I' {
+            if let Some(t) = self.transaction_started.take() {
+                self.metrics
+                    .transaction(self.route, (now - t).as_secs_f64());
+            }
+        }
         if self.held != Some(Role::Leader) {
             return;
         }
@@ -278,7 +311,7 @@ impl Session<'_> {
         // Made-up answers are held back only for a unit seen to end in a
         // Sync (set by the scan below).
         self.routing.unit_complete = false;
-        let routing = &self.shared.config.routing;
+        let routing = &self.shared.config().routing;
         if self.routing.read_only {
             return Some(Decision::To(Target::Replica));
         }
@@ -456,7 +489,7 @@ impl Session<'_> {
     /// closed, the member is marked as in recovery, and the wait goes on.
     /// Returns false when the request was answered with an error instead.
     async fn take_server(&mut self, role: Role, tag: u8) -> Result<bool, CloseReason> {
-        let wait = self.shared.config.routing.leader_wait_timeout.0;
+        let wait = self.shared.config().routing.leader_wait_timeout.0;
         let deadline = tokio::time::Instant::now() + wait;
         let mut topology = self.shared.topology.clone();
         loop {
@@ -484,13 +517,18 @@ impl Session<'_> {
             };
             if let Some((server, parked_role)) = self.routing.parked.take() {
                 if parked_role == member.role {
-                    self.hold(server, &member).await?;
+                    self.hold(server, &member, role).await?;
                     return Ok(true);
                 }
                 self.routing.parked = Some((server, parked_role));
             }
             let pool = self.routing.group.pool(&member);
-            let server = match Box::pin(self.acquire_server(pool)).await {
+            let asked = Instant::now();
+            let checkout = Box::pin(self.acquire_server(pool)).await;
+            self.routing
+                .metrics
+                .checkout_wait(member.role == Role::Leader, asked.elapsed().as_secs_f64());
+            let server = match checkout {
                 Ok(Some(server)) => server,
                 Ok(None) => {
                     self.cancelled_while_waiting(tag);
@@ -533,7 +571,7 @@ impl Session<'_> {
                 discard(server);
                 continue;
             }
-            self.hold(server, &member).await?;
+            self.hold(server, &member, role).await?;
             return Ok(true);
         }
     }
@@ -574,7 +612,7 @@ impl Session<'_> {
     }
 
     fn no_leader_in_time(&mut self, tag: u8) -> Result<bool, CloseReason> {
-        let wait = self.shared.config.routing.leader_wait_timeout.0;
+        let wait = self.shared.config().routing.leader_wait_timeout.0;
         let e = no_member(format!(
             "no leader known for cluster \"{}\" within leader_wait_timeout ({wait:?})",
             self.routing.cluster
@@ -584,8 +622,20 @@ impl Session<'_> {
     }
 
     /// Holds `server`, of `member`, once it carries the client's settings.
-    async fn hold(&mut self, server: PooledServer, member: &Member) -> Result<(), CloseReason> {
+    /// Its work counts as `wanted`'s, or as a fallback when a read went
+    /// to the leader.
+    async fn hold(
+        &mut self,
+        server: PooledServer,
+        member: &Member,
+        wanted: Role,
+    ) -> Result<(), CloseReason> {
         let server = self.prepare_server(server).await?;
+        self.routing.route = match (wanted, member.role) {
+            (Role::Replica, Role::Leader) => Route::Fallback,
+            (_, Role::Leader) => Route::Leader,
+            (_, Role::Replica) => Route::Replica,
+        };
         self.routing.held = Some(member.role);
         self.routing.held_member = Some(member.state.clone());
         self.login.cancel.hold(server.cancel_target());
@@ -600,7 +650,7 @@ impl Session<'_> {
         cluster: &'t ClusterTopology,
         role: Role,
     ) -> Result<&'t Member, Pick> {
-        let routing = &self.shared.config.routing;
+        let routing = &self.shared.config().routing;
         let leader = || cluster.leader().ok_or(Pick::NoLeader);
         if role == Role::Leader {
             return leader();
@@ -629,7 +679,7 @@ impl Session<'_> {
     /// The WAL position a replica must have replayed for this client to see
     /// its own writes; `Err` while it cannot be known yet.
     fn need_lsn(&mut self, cluster: &ClusterTopology) -> Result<Option<u64>, ()> {
-        if self.shared.config.routing.read_your_writes == ReadYourWrites::Off
+        if self.shared.config().routing.read_your_writes == ReadYourWrites::Off
             || self.routing.read_only
         {
             return Ok(None);

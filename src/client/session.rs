@@ -130,8 +130,8 @@ pub fn run<'a>(
     // the argument, once as the local), so pass a pointer, not the struct.
     let session = Box::new(Session {
         shared,
-        mode: shared.config.proxy.pool_mode,
-        max_message: shared.config.proxy.max_message_size.0,
+        mode: shared.config().proxy.pool_mode,
+        max_message: shared.config().proxy.max_message_size.0,
         login,
         client_rd,
         client_wr,
@@ -146,7 +146,7 @@ pub fn run<'a>(
         skip_to_sync: false,
         scratch: BytesMut::new(),
         last_activity: Instant::now(),
-        idle: IdleTimer::new(&shared.config.proxy),
+        idle: IdleTimer::new(&shared.config().proxy),
         routing,
         replay: Replay::default(),
     });
@@ -199,6 +199,7 @@ impl Session<'_> {
         Box::pin(self.finish(reason)).await;
         self.shared.cancels.unregister(self.login.cancel_key);
         tracing::info!(client = %self.login.peer, user = %self.login.user.config.name, reason = reason.as_str(), "client connection closed");
+        self.shared.metrics.client_closed(reason.as_str());
     }
 
     async fn serve(&mut self) -> CloseReason {
@@ -465,6 +466,7 @@ impl Session<'_> {
     /// the error and ReadyForQuery, extended messages are skipped up to
     /// their Sync.
     pub(super) fn fail_request(&mut self, tag: u8, error: ProxyError) {
+        self.shared.metrics.error_sent(&error.code);
         self.to_client.push(error.to_bytes());
         if tag == b'Q' {
             let header = peek_header(&self.client_in, usize::MAX).ok().flatten();
@@ -792,6 +794,7 @@ impl Session<'_> {
     }
 
     async fn farewell_inner(&mut self, error: ProxyError) {
+        self.shared.metrics.error_sent(&error.code);
         self.to_client.push(error.to_bytes());
         let _ = tokio::time::timeout(
             FAREWELL_TIMEOUT,
@@ -835,7 +838,7 @@ impl Session<'_> {
     /// a server that fails it is closed.
     async fn give_back_session_server(&self, mut server: PooledServer) {
         if self.mode == PoolMode::Session {
-            let query = &self.shared.config.proxy.server_reset_query;
+            let query = &self.shared.config().proxy.server_reset_query;
             if !query.is_empty() {
                 let reset = tokio::time::timeout(RESET_TIMEOUT, server.reset(query)).await;
                 if !matches!(reset, Ok(Ok(()))) {

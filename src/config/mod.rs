@@ -206,6 +206,17 @@ fn default_weight() -> u32 {
     1
 }
 
+impl DiscoveryConfig {
+    /// The `kind` key's value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            DiscoveryConfig::Static { .. } => "static",
+            DiscoveryConfig::Patroni { .. } => "patroni",
+            DiscoveryConfig::Kubernetes(_) => "kubernetes",
+        }
+    }
+}
+
 impl ReplicaEntry {
     pub fn addr(&self) -> &str {
         match self {

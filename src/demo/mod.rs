@@ -88,11 +88,19 @@ fn print_status(proxy: &Proxy, cluster: &LocalCluster) {
     let clients = shared.clients.load(std::sync::atomic::Ordering::Relaxed);
     let mut line = format!("clients {clients:>4} |");
     let leader = cluster.leader.addr();
-    for (addr, database, user, idle, total) in shared.pools.status() {
-        let role = if addr == leader { "leader" } else { "replica" };
+    for pool in shared.pools.status() {
+        let role = if *pool.member == leader {
+            "leader"
+        } else {
+            "replica"
+        };
         line.push_str(&format!(
-            " {role} {addr} {user}@{database}: {} busy / {total} open |",
-            total - idle
+            " {role} {} {}@{}: {} busy / {} open |",
+            pool.member,
+            pool.user,
+            pool.database,
+            pool.active(),
+            pool.open
         ));
     }
     println!("{line}");

@@ -19,6 +19,27 @@ fn roles_of(t: &Topology) -> HashMap<Arc<str>, Role> {
         .collect()
 }
 
+/// One pool's figures, for status output and metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub member: Arc<str>,
+    pub database: Arc<str>,
+    pub user: Arc<str>,
+    /// Pooled and free.
+    pub idle: usize,
+    /// Open in all (idle, lent, being opened).
+    pub open: usize,
+    /// Clients waiting for one.
+    pub waiting: usize,
+}
+
+impl PoolStatus {
+    /// Lent to clients (or being opened for one).
+    pub fn active(&self) -> usize {
+        self.open.saturating_sub(self.idle)
+    }
+}
+
 /// The pools of one (database, user), by member address.
 pub struct PoolGroup {
     database: Arc<str>,
@@ -129,23 +150,26 @@ impl Pools {
         }
     }
 
-    /// (addr, database, user, idle, open) per pool, for status output.
-    pub fn status(&self) -> Vec<(String, String, String, usize, usize)> {
-        let mut out: Vec<_> = self
+    /// Every pool's figures, sorted by member, database and user.
+    pub fn status(&self) -> Vec<PoolStatus> {
+        let mut out: Vec<PoolStatus> = self
             .each()
             .into_iter()
             .map(|(g, addr, pool)| {
-                let (idle, open, _) = pool.counts();
-                (
-                    addr.to_string(),
-                    g.database.to_string(),
-                    g.user.to_string(),
+                let (idle, open, waiting) = pool.counts();
+                PoolStatus {
+                    member: addr,
+                    database: g.database.clone(),
+                    user: g.user.clone(),
                     idle,
                     open,
-                )
+                    waiting,
+                }
             })
             .collect();
-        out.sort();
+        out.sort_by(|a, b| {
+            (&a.member, &a.database, &a.user).cmp(&(&b.member, &b.database, &b.user))
+        });
         out
     }
 

@@ -1,0 +1,6 @@
+//! What operators look at: the admin HTTP server ([`http`]: `/metrics`,
+//! `/healthz`, `/readyz`, `/topology`) and the figures behind it
+//! ([`status`]). Admin code only reads the state the proxy keeps.
+
+pub mod http;
+pub mod status;
