@@ -97,11 +97,21 @@ async fn serve(config: Config) -> Result<(), String> {
     let proxy = Proxy::start(config).await.map_err(|e| e.to_string())?;
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(|e| e.to_string())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| e.to_string())?;
     tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
+        _ = interrupt.recv() => {}
         _ = term.recv() => {}
     }
-    tracing::info!("signal received, stopping");
-    proxy.stop().await;
+    tracing::info!("signal received: graceful shutdown (a second signal stops at once)");
+    let second = async {
+        tokio::select! {
+            _ = interrupt.recv() => {}
+            _ = term.recv() => {}
+        }
+        tracing::warn!("second signal: stopping now");
+    };
+    let left = proxy.shutdown(second).await;
+    tracing::info!(clients_left = left, "stopped");
     Ok(())
 }

@@ -29,6 +29,9 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
     /// Set when a shutdown starts: /readyz turns false.
     pub shutting_down: std::sync::atomic::AtomicBool,
+    /// Cancelled when the listener has closed in a shutdown: sessions
+    /// close once idle.
+    pub draining: CancellationToken,
     pub users: UserDirectory,
     pub pools: Arc<Pools>,
     pub cancels: CancelRegistry,
@@ -119,7 +122,9 @@ pub struct Proxy {
     admin_addr: SocketAddr,
     shared: Arc<Shared>,
     stop: CancellationToken,
-    accept_task: JoinHandle<()>,
+    /// Stops the accept loop alone (a graceful shutdown).
+    accepting: CancellationToken,
+    accept_task: Option<JoinHandle<()>>,
     _topology: topology::TopologySender,
 }
 
@@ -155,6 +160,7 @@ impl Proxy {
             config: arc_swap::ArcSwap::from_pointee(config),
             metrics: crate::metrics::Metrics::new(),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
+            draining: CancellationToken::new(),
             pools: pools.clone(),
             cancels: CancelRegistry::default(),
             statements: StatementRegistry::default(),
@@ -218,14 +224,16 @@ impl Proxy {
             shared.clone(),
             stop.clone(),
         ));
-        let accept_task = tokio::spawn(accept_loop(listener, shared.clone(), stop.clone()));
+        let accepting = stop.child_token();
+        let accept_task = tokio::spawn(accept_loop(listener, shared.clone(), accepting.clone()));
         tracing::info!(listen = %local_addr, admin = %admin_addr, "pgsplit is accepting clients");
         Ok(Proxy {
             local_addr,
             admin_addr,
             shared,
             stop,
-            accept_task,
+            accepting,
+            accept_task: Some(accept_task),
             _topology: topology_tx,
         })
     }
@@ -245,11 +253,70 @@ impl Proxy {
         &self.shared
     }
 
+    /// A graceful shutdown: /readyz turns false at once; clients are
+    /// served (and accepted) for `shutdown_delay` so that load balancers
+    /// stop sending new ones; then the listener closes and every client is
+    /// told 57P01 and closed as soon as it is idle (no transaction open,
+    /// nothing in flight), for at most `shutdown_timeout`; then
+    /// [`stop`](Self::stop). `hurry` resolving (a second signal) skips
+    /// whatever waiting is left. Returns how many clients were still
+    /// connected at the end.
+    pub async fn shutdown(mut self, hurry: impl std::future::Future<Output = ()>) -> usize {
+        let config = Arc::clone(&self.shared.config());
+        let (delay, timeout) = (
+            config.proxy.shutdown_delay.0,
+            config.proxy.shutdown_timeout.0,
+        );
+        self.shared.shutting_down.store(true, Ordering::Relaxed);
+        tracing::info!(
+            ?delay,
+            ?timeout,
+            "shutting down: /readyz is false; still serving for shutdown_delay"
+        );
+        tokio::pin!(hurry);
+        let hurried = tokio::select! {
+            _ = tokio::time::sleep(delay) => false,
+            _ = &mut hurry => true,
+        };
+        self.stop_accepting().await;
+        self.shared.draining.cancel();
+        let clients = || self.shared.clients.load(Ordering::Relaxed);
+        tracing::info!(
+            clients = clients(),
+            "listener closed; closing clients as they become idle"
+        );
+        if !hurried {
+            let drained = async {
+                while clients() > 0 {
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            };
+            tokio::select! {
+                _ = drained => {}
+                _ = tokio::time::sleep(timeout) => {
+                    tracing::warn!(clients = clients(), "shutdown_timeout passed with clients still busy");
+                }
+                _ = &mut hurry => {}
+            }
+        }
+        let left = clients();
+        self.stop().await;
+        left
+    }
+
+    /// Closes the listener (once).
+    async fn stop_accepting(&mut self) {
+        self.accepting.cancel();
+        if let Some(task) = self.accept_task.take() {
+            let _ = task.await;
+        }
+    }
+
     /// Stops accepting and closes the pools. Client tasks end as their
     /// sockets close.
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.stop.cancel();
-        let _ = self.accept_task.await;
+        self.stop_accepting().await;
         self.shared.pools.close();
     }
 }

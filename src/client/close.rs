@@ -29,6 +29,8 @@ pub enum CloseReason {
     AuthFailed,
     /// Refused at login for another reason (protocol, database, server).
     LoginRefused,
+    /// pgsplit is shutting down (told with 57P01 once idle).
+    Shutdown,
 }
 
 impl CloseReason {
@@ -58,6 +60,7 @@ impl CloseReason {
             CloseReason::TooManyClients => "too_many_clients",
             CloseReason::AuthFailed => "auth_failed",
             CloseReason::LoginRefused => "login_refused",
+            CloseReason::Shutdown => "shutdown",
         }
     }
 }
@@ -81,6 +84,7 @@ mod tests {
             CloseReason::TooManyClients,
             CloseReason::AuthFailed,
             CloseReason::LoginRefused,
+            CloseReason::Shutdown,
         ];
         let mut names: Vec<&str> = all.iter().map(|r| r.as_str()).collect();
         names.sort();

@@ -60,6 +60,8 @@ enum Event {
     ClientWritten(std::io::Result<()>),
     ServerWritten(std::io::Result<()>),
     IdleCheck,
+    /// pgsplit stopped accepting clients: this one goes once idle.
+    Drain,
 }
 
 pub(super) struct Session<'a> {
@@ -94,6 +96,8 @@ pub(super) struct Session<'a> {
     pub(super) routing: Routing,
     /// The request in flight, kept while it may be sent again.
     pub(super) replay: Replay,
+    /// pgsplit is shutting down: the client goes once idle.
+    draining: bool,
 }
 
 /// What a batch of server messages means for the held server.
@@ -149,6 +153,7 @@ pub fn run<'a>(
         idle: IdleTimer::new(&shared.config().proxy),
         routing,
         replay: Replay::default(),
+        draining: false,
     });
     session.run()
 }
@@ -224,9 +229,11 @@ impl Session<'_> {
                     r = self.to_client.write_some(&mut self.client_wr), if can_write_client => Event::ClientWritten(r),
                     r = write_server(&mut self.to_server, swr), if can_write_server => Event::ServerWritten(r),
                     _ = idle_check(&mut self.idle) => Event::IdleCheck,
+                    _ = self.shared.draining.cancelled(), if !self.draining => Event::Drain,
                 }
             };
             match event {
+                Event::Drain => self.draining = true,
                 Event::IdleCheck => {
                     if let Some(reason) = Box::pin(self.check_idle()).await {
                         return reason;
@@ -292,7 +299,26 @@ impl Session<'_> {
                 }
                 Event::ClientWritten(Ok(())) | Event::ServerWritten(Ok(())) => {}
             }
+            if self.draining && self.idle_for_shutdown() {
+                self.farewell(ProxyError::fatal(
+                    "57P01",
+                    "pgsplit is shutting down; connect again to reach another instance",
+                ))
+                .await;
+                return CloseReason::Shutdown;
+            }
         }
+    }
+
+    /// Nothing in flight and no transaction open: the client can be told
+    /// to go without losing anything.
+    fn idle_for_shutdown(&mut self) -> bool {
+        let status = self.server.as_ref().map_or(b'I', |s| s.status);
+        status == b'I'
+            && self.client_in.is_empty()
+            && self.to_server.is_empty()
+            && self.tracker.is_idle()
+            && !self.routing.blocked
     }
 
     /// The idle timer fired: disconnect the client if it has been idle

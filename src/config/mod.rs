@@ -98,6 +98,12 @@ pub struct ProxyConfig {
     /// CA certificates (PEM) for verify-ca and verify-full.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_tls_ca_file: Option<PathBuf>,
+    /// On SIGTERM: how long pgsplit goes on serving (and accepting) with
+    /// /readyz false, so that Kubernetes stops sending new clients.
+    pub shutdown_delay: Seconds,
+    /// Then, after the listener closed: how long running transactions
+    /// may take before pgsplit exits anyway.
+    pub shutdown_timeout: Seconds,
 }
 
 impl Default for ProxyConfig {
@@ -125,6 +131,8 @@ impl Default for ProxyConfig {
             tls_require: false,
             server_tls_mode: crate::tls::ServerTlsMode::Prefer,
             server_tls_ca_file: None,
+            shutdown_delay: Seconds(Duration::from_secs(5)),
+            shutdown_timeout: Seconds(Duration::from_secs(20)),
         }
     }
 }
