@@ -94,14 +94,22 @@ fn main() -> ExitCode {
 }
 
 async fn serve(config: Config) -> Result<(), String> {
+    use tokio::signal::unix::{signal, SignalKind};
     let proxy = Proxy::start(config).await.map_err(|e| e.to_string())?;
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| e.to_string())?;
-    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
-        .map_err(|e| e.to_string())?;
-    tokio::select! {
-        _ = interrupt.recv() => {}
-        _ = term.recv() => {}
+    let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => break,
+            _ = term.recv() => break,
+            _ = hangup.recv() => {
+                tracing::info!("SIGHUP: reloading the config");
+                if let Err(e) = proxy.reload() {
+                    tracing::error!(error = %e, "reload failed");
+                }
+            }
+        }
     }
     tracing::info!("signal received: graceful shutdown (a second signal stops at once)");
     let second = async {

@@ -17,6 +17,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 /// Where a unit of work ran.
@@ -83,6 +84,20 @@ pub struct SessionMetrics {
     transaction_seconds: [Histogram; 3],
     query_seconds: [Histogram; 3],
     checkout_wait: [Histogram; 2],
+    /// Totals in microseconds, for the console's SHOW STATS.
+    transaction_us: AtomicU64,
+    query_us: AtomicU64,
+    wait_us: AtomicU64,
+}
+
+/// Totals of one database, for SHOW STATS.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct DatabaseTotals {
+    pub transactions: u64,
+    pub queries: u64,
+    pub transaction_us: u64,
+    pub query_us: u64,
+    pub wait_us: u64,
 }
 
 impl SessionMetrics {
@@ -90,6 +105,8 @@ impl SessionMetrics {
     pub fn transaction(&self, route: Route, seconds: f64) {
         self.transactions[route.index()].inc();
         self.transaction_seconds[route.index()].observe(seconds);
+        self.transaction_us
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
     }
 
     /// A request (a simple Query, or extended messages up to Sync) was
@@ -97,11 +114,15 @@ impl SessionMetrics {
     pub fn query(&self, route: Route, seconds: f64) {
         self.queries[route.index()].inc();
         self.query_seconds[route.index()].observe(seconds);
+        self.query_us
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
     }
 
     /// A checkout for the leader (`leader`) or a replica took `seconds`.
     pub fn checkout_wait(&self, leader: bool, seconds: f64) {
         self.checkout_wait[usize::from(!leader)].observe(seconds);
+        self.wait_us
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
     }
 }
 
@@ -297,6 +318,9 @@ impl Metrics {
                     queries: by_route(&self.queries),
                     transaction_seconds: times(&self.transaction_seconds),
                     query_seconds: times(&self.query_seconds),
+                    transaction_us: AtomicU64::new(0),
+                    query_us: AtomicU64::new(0),
+                    wait_us: AtomicU64::new(0),
                     checkout_wait: ["leader", "replica"].map(|role| {
                         self.checkout_wait_seconds
                             .with_label_values(&[cluster, role])
@@ -304,6 +328,24 @@ impl Metrics {
                 })
             })
             .clone()
+    }
+
+    /// Totals by database since start, summed over clusters and users.
+    pub fn database_totals(&self) -> Vec<(String, DatabaseTotals)> {
+        let handles = self
+            .session_handles
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let mut by_db: std::collections::BTreeMap<String, DatabaseTotals> = Default::default();
+        for ((_, database, _), h) in handles.iter() {
+            let t = by_db.entry(database.clone()).or_default();
+            t.transactions += h.transactions.iter().map(IntCounter::get).sum::<u64>();
+            t.queries += h.queries.iter().map(IntCounter::get).sum::<u64>();
+            t.transaction_us += h.transaction_us.load(Ordering::Relaxed);
+            t.query_us += h.query_us.load(Ordering::Relaxed);
+            t.wait_us += h.wait_us.load(Ordering::Relaxed);
+        }
+        by_db.into_iter().collect()
     }
 
     /// A client connection closed for `reason`.

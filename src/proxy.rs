@@ -24,15 +24,26 @@ use crate::topology::{self, TopologyWatch};
 
 /// State every client task shares.
 pub struct Shared {
+    pub users: arc_swap::ArcSwap<UserDirectory>,
+    /// Read/write classification with the configured write functions.
+    pub classifier: arc_swap::ArcSwap<Classifier>,
     /// The config in force; a reload swaps it.
     config: arc_swap::ArcSwap<Config>,
+    /// The running topology sources and probes.
+    sources: topology::sources::Sources,
+    /// TLS towards servers, as built at start (for probes and pools).
+    server_tls: Option<(tokio_rustls::TlsConnector, crate::tls::ServerTlsMode)>,
     pub metrics: crate::metrics::Metrics,
     /// Set when a shutdown starts: /readyz turns false.
     pub shutting_down: std::sync::atomic::AtomicBool,
     /// Cancelled when the listener has closed in a shutdown: sessions
     /// close once idle.
     pub draining: CancellationToken,
-    pub users: UserDirectory,
+    /// The console's PAUSE: new transactions wait until RESUME.
+    paused: std::sync::atomic::AtomicBool,
+    resumed: tokio::sync::Notify,
+    /// When pgsplit started (for per-second averages).
+    pub started: std::time::Instant,
     pub pools: Arc<Pools>,
     pub cancels: CancelRegistry,
     pub statements: StatementRegistry,
@@ -41,11 +52,11 @@ pub struct Shared {
     pub topology: TopologyWatch,
     /// Clients connected right now (counted from accept to close).
     pub clients: AtomicUsize,
+    /// Logged-in clients, for SHOW CLIENTS.
+    pub client_list: crate::client::registry::ClientRegistry,
     /// Clients pinned to their server by session state pgsplit cannot
     /// carry (transaction mode), since start.
     pub pins: AtomicU64,
-    /// Read/write classification with the configured write functions.
-    pub classifier: Classifier,
     /// Per-user read-your-writes marks (`read_your_writes = "user"`).
     write_marks: Mutex<HashMap<String, Arc<WriteMark>>>,
     next_client_id: AtomicU64,
@@ -56,6 +67,65 @@ impl Shared {
     /// guard is short-lived).
     pub fn config(&self) -> arc_swap::Guard<Arc<Config>> {
         self.config.load()
+    }
+
+    /// Puts `config` in force (see `admin::reload` for what each part
+    /// does to running clients and servers).
+    pub fn apply_config(&self, config: Config) {
+        let p = &config.proxy;
+        let nonzero = |d: std::time::Duration| (!d.is_zero()).then_some(d);
+        let renewed = self.pools.reconfigure(
+            PoolSettings {
+                pool_size: p.pool_size as usize,
+                query_wait_timeout: p.query_wait_timeout.0,
+                connect_timeout: p.server_connect_timeout.0,
+                idle_timeout: nonzero(p.server_idle_timeout.0),
+                lifetime: nonzero(p.server_lifetime.0),
+                tls: self.server_tls.clone(),
+            },
+            |user| {
+                config
+                    .users
+                    .iter()
+                    .find(|u| u.name == user)
+                    .map(|u| u.password().to_string())
+            },
+        );
+        self.users.store(Arc::new(UserDirectory::new(&config)));
+        self.classifier
+            .store(Arc::new(Classifier::new(&config.routing.write_functions)));
+        let probes = probe_settings(&config, self.server_tls.clone());
+        let restarted = self.sources.apply(&config, probes, self.topology.clone());
+        tracing::info!(pool_groups_renewed = renewed, sources_restarted = ?restarted, users = config.users.len(), "config reloaded");
+        self.config.store(Arc::new(config));
+    }
+
+    /// PAUSE: transactions that have not started wait.
+    pub fn pause(&self) {
+        self.paused.store(true, Ordering::SeqCst);
+    }
+
+    /// RESUME: waiting transactions go on.
+    pub fn resume(&self) {
+        self.paused.store(false, Ordering::SeqCst);
+        self.resumed.notify_waiters();
+    }
+
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::Relaxed)
+    }
+
+    /// Returns at once unless paused; then when resumed.
+    pub async fn wait_while_paused(&self) {
+        while self.paused.load(Ordering::SeqCst) {
+            let resumed = self.resumed.notified();
+            tokio::pin!(resumed);
+            resumed.as_mut().enable();
+            if !self.paused.load(Ordering::SeqCst) {
+                return;
+            }
+            resumed.await;
+        }
     }
 
     /// A process-unique id for a new client.
@@ -155,56 +225,35 @@ impl Proxy {
         let (topology_tx, topology_rx) = topology::publish(&config);
         let config_routing_functions = config.routing.write_functions.clone();
         let probes = probe_settings(&config, pools_tls.clone());
+        let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
-            users: UserDirectory::new(&config),
+            users: arc_swap::ArcSwap::from_pointee(UserDirectory::new(&config)),
+            classifier: arc_swap::ArcSwap::from_pointee(Classifier::new(&config_routing_functions)),
+            sources: topology::sources::Sources::new(topology_tx.clone(), stop.clone()),
+            server_tls: pools_tls.clone(),
             config: arc_swap::ArcSwap::from_pointee(config),
             metrics: crate::metrics::Metrics::new(),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
             draining: CancellationToken::new(),
+            paused: std::sync::atomic::AtomicBool::new(false),
+            resumed: tokio::sync::Notify::new(),
+            started: std::time::Instant::now(),
             pools: pools.clone(),
             cancels: CancelRegistry::default(),
             statements: StatementRegistry::default(),
             tls_acceptor,
             topology: topology_rx,
             clients: AtomicUsize::new(0),
+            client_list: Default::default(),
             pins: AtomicU64::new(0),
-            classifier: Classifier::new(&config_routing_functions),
             write_marks: Mutex::new(HashMap::new()),
             next_client_id: AtomicU64::new(1),
         });
-        let stop = CancellationToken::new();
         tokio::spawn(pools.clone().run_sweeper(stop.clone()));
         let interval = shared.config().routing.probe_interval.0;
-        tokio::spawn(topology::probe::run(
-            shared.topology.clone(),
-            probes,
-            stop.clone(),
-        ));
-        for cluster in &shared.config().clusters {
-            match &cluster.discovery {
-                crate::config::DiscoveryConfig::Patroni {
-                    urls,
-                    poll_interval,
-                } => {
-                    tokio::spawn(topology::patroni::run(
-                        cluster.name.clone(),
-                        urls.clone(),
-                        poll_interval.0,
-                        topology_tx.clone(),
-                        stop.clone(),
-                    ));
-                }
-                crate::config::DiscoveryConfig::Kubernetes(settings) => {
-                    tokio::spawn(topology::kubernetes::run(
-                        cluster.name.clone(),
-                        (**settings).clone(),
-                        topology_tx.clone(),
-                        stop.clone(),
-                    ));
-                }
-                crate::config::DiscoveryConfig::Static { .. } => {}
-            }
-        }
+        shared
+            .sources
+            .apply(&shared.config(), probes, shared.topology.clone());
         tokio::spawn(topology::roles::run(
             topology_tx.clone(),
             interval,
@@ -224,6 +273,13 @@ impl Proxy {
             shared.clone(),
             stop.clone(),
         ));
+        if let Some(path) = shared.config().source.clone() {
+            tokio::spawn(crate::admin::reload::watch_file(
+                shared.clone(),
+                path,
+                stop.clone(),
+            ));
+        }
         let accepting = stop.child_token();
         let accept_task = tokio::spawn(accept_loop(listener, shared.clone(), accepting.clone()));
         tracing::info!(listen = %local_addr, admin = %admin_addr, "pgsplit is accepting clients");
@@ -241,6 +297,11 @@ impl Proxy {
     /// The address clients connect to (useful when listening on port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// Reads the config file again and applies it (SIGHUP).
+    pub fn reload(&self) -> Result<(), crate::admin::reload::ReloadError> {
+        crate::admin::reload::reload(&self.shared)
     }
 
     /// The admin HTTP server's address.
@@ -368,10 +429,13 @@ async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) 
     // Boxed: login's future is large and needed once; every idle client's
     // task would otherwise carry its space for the whole session.
     let login = Box::pin(login::login(stream, peer, &shared, over_limit));
-    let Some(admitted) = login.await else {
-        return;
-    };
-    session::run(admitted, &shared).await;
+    match login.await {
+        Some(login::Entry::Session(admitted)) => session::run(admitted, &shared).await,
+        Some(login::Entry::Console(client)) => {
+            Box::pin(crate::admin::console::run(client, &shared)).await
+        }
+        None => {}
+    }
 }
 
 #[cfg(test)]

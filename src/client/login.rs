@@ -13,6 +13,7 @@ use tokio::time::Instant;
 use super::auth::User;
 use super::close::CloseReason;
 use super::params::ClientParams;
+use super::registry::ClientEntry;
 use super::routing::Routing;
 use crate::config::PoolMode;
 use crate::config::RoutingConfig;
@@ -35,6 +36,8 @@ pub struct LoggedIn {
     pub client_id: u64,
     pub cancel_key: CancelKey,
     pub cancel: Arc<CancelSlot>,
+    /// This client in the registry SHOW CLIENTS reads.
+    pub entry: Arc<ClientEntry>,
 }
 
 /// A client past login, handed to its session.
@@ -46,6 +49,27 @@ pub struct Admitted {
     /// The login server, kept in session mode.
     pub server: Option<PooledServer>,
     pub routing: Routing,
+}
+
+/// Where a client goes after login. (Built once per login and moved
+/// once: the size difference between variants costs nothing.)
+#[allow(clippy::large_enum_variant)]
+pub enum Entry {
+    /// The request loop towards the servers.
+    Session(Admitted),
+    /// The admin console (database `pgsplit`, or `pgbouncer` for tools
+    /// written for PgBouncer).
+    Console(crate::admin::console::ConsoleClient),
+}
+
+/// Database names that reach the admin console.
+pub const ADMIN_DATABASES: [&str; 2] = ["pgsplit", "pgbouncer"];
+
+/// What finish_login ended with.
+#[allow(clippy::large_enum_variant)]
+enum Finished {
+    Session(LoggedIn, Option<PooledServer>, Routing),
+    Console(Arc<User>, String),
 }
 
 /// What the plaintext (or, after an upgrade, encrypted) startup phase ended with.
@@ -67,7 +91,7 @@ pub async fn login(
     peer: SocketAddr,
     shared: &Shared,
     over_limit: bool,
-) -> Option<Admitted> {
+) -> Option<Entry> {
     let deadline = Instant::now() + shared.config().proxy.client_login_timeout.0;
     let mut buf = BytesMut::with_capacity(1024);
     let mut tcp = tcp;
@@ -102,7 +126,15 @@ pub async fn login(
         Ok(Phase::Startup(minor, params)) => {
             within(
                 deadline,
-                finish_login(&mut stream, &mut buf, minor, params, shared, over_limit),
+                finish_login(
+                    &mut stream,
+                    &mut buf,
+                    minor,
+                    params,
+                    shared,
+                    over_limit,
+                    peer,
+                ),
             )
             .await
         }
@@ -110,16 +142,24 @@ pub async fn login(
         Err(e) => Err(e),
     };
     let err = match outcome {
-        Ok((mut ready, server, routing)) => {
-            ready.peer = peer;
+        Ok(Finished::Session(ready, server, routing)) => {
             tracing::info!(client = %peer, user = %ready.user.config.name, database = %ready.database, read_only = routing.read_only, tls = stream.is_tls(), "client logged in");
-            return Some(Admitted {
+            return Some(Entry::Session(Admitted {
                 stream,
                 pending: buf,
                 login: ready,
                 server,
                 routing,
-            });
+            }));
+        }
+        Ok(Finished::Console(user, database)) => {
+            tracing::info!(client = %peer, user = %user.config.name, database = %database, "admin console login");
+            return Some(Entry::Console(crate::admin::console::ConsoleClient {
+                stream,
+                pending: buf,
+                peer,
+                user: user.config.name.clone(),
+            }));
         }
         Err(e) => e,
     };
@@ -252,7 +292,8 @@ async fn finish_login(
     params: Vec<(String, String)>,
     shared: &Shared,
     over_limit: bool,
-) -> Result<(LoggedIn, Option<PooledServer>, Routing), ProxyError> {
+    peer: SocketAddr,
+) -> Result<Finished, ProxyError> {
     if shared.config().proxy.tls_require && !stream.is_tls() {
         return Err(ProxyError::fatal(
             "28000",
@@ -304,8 +345,28 @@ async fn finish_login(
         ));
     }
     let mut client_params = ClientParams::from_startup(&params)?;
-    let user = shared.users.authenticate(stream, buf, &user_name).await?;
+    let users = shared.users.load_full();
+    let user = users.authenticate(stream, buf, &user_name).await?;
     messages::auth_ok(&mut out);
+    if ADMIN_DATABASES.contains(&database.as_str()) {
+        if !shared
+            .config()
+            .proxy
+            .admin_users
+            .contains(&user.config.name)
+        {
+            return Err(ProxyError::fatal(
+                "28000",
+                format!(
+                    "user \"{}\" may not use the admin console (not in admin_users)",
+                    user.config.name
+                ),
+            ));
+        }
+        crate::admin::console::greet(&mut out);
+        stream.write_all(&out).await.map_err(lost)?;
+        return Ok(Finished::Console(user, database));
+    }
 
     let config = std::sync::Arc::clone(&shared.config());
     let routing_config = &config.routing;
@@ -410,16 +471,28 @@ async fn finish_login(
         cancel.hold(server.cancel_target());
         routing.held = Some(home.role);
     }
+    let entry = Arc::new(ClientEntry::new(
+        client_id,
+        &user.config.name,
+        &database,
+        peer,
+        stream.is_tls(),
+    ));
+    if server.is_some() {
+        entry.set_state(super::registry::ClientState::Active);
+    }
+    shared.client_list.add(entry.clone());
     let login = LoggedIn {
-        peer: SocketAddr::from(([0, 0, 0, 0], 0)),
+        peer,
         user,
         database,
         params: client_params,
         client_id,
         cancel_key,
         cancel,
+        entry,
     };
-    Ok((login, server, routing))
+    Ok(Finished::Session(login, server, routing))
 }
 
 /// The member a client logs in through: the leader, or a replica for a

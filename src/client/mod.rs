@@ -10,6 +10,7 @@ pub mod idle;
 pub mod login;
 pub mod outq;
 pub mod params;
+pub mod registry;
 pub mod replay;
 pub mod rewrite;
 pub mod routing;

@@ -309,7 +309,7 @@ impl Session<'_> {
         }
         let name = String::from_utf8_lossy(name).into_owned();
         let standard_strings = self.standard_strings();
-        let classifier = &self.shared.classifier;
+        let classifier = self.shared.classifier.load();
         let statement = self.shared.statements.intern(rest.clone(), || {
             std::str::from_utf8(query).map_or_else(
                 |_| Summary::leader(),

@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::registry::ClientState;
 use super::session::{CloseReason, Session};
 use crate::config::{LeaderReads, PoolMode, ReadYourWrites};
 use crate::metrics::{Route, SessionMetrics};
@@ -350,7 +351,7 @@ impl Session<'_> {
         let classify = |text: &[u8]| {
             std::str::from_utf8(text).map_or_else(
                 |_| Summary::leader(),
-                |t| shared.classifier.classify(t, standard),
+                |t| shared.classifier.load().classify(t, standard),
             )
         };
         let input = &self.client_in[at..];
@@ -523,6 +524,10 @@ impl Session<'_> {
                 self.routing.parked = Some((server, parked_role));
             }
             let pool = self.routing.group.pool(&member);
+            self.login.entry.set_state(ClientState::Waiting);
+            if self.shared.is_paused() {
+                self.shared.wait_while_paused().await;
+            }
             let asked = Instant::now();
             let checkout = Box::pin(self.acquire_server(pool)).await;
             self.routing
@@ -636,6 +641,7 @@ impl Session<'_> {
             (_, Role::Leader) => Route::Leader,
             (_, Role::Replica) => Route::Replica,
         };
+        self.login.entry.set_state(ClientState::Active);
         self.routing.held = Some(member.role);
         self.routing.held_member = Some(member.state.clone());
         self.login.cancel.hold(server.cancel_target());

@@ -22,6 +22,7 @@ pub use super::close::CloseReason;
 use super::idle::{idle_check, IdleKind, IdleTimer};
 use super::login::{checkout_error, server_error, Admitted, LoggedIn};
 use super::outq::OutQueue;
+use super::registry::ClientState;
 use super::replay::{retryable_error, Replay};
 use super::routing::{Point, Routing};
 use super::statements::ClientStatements;
@@ -203,6 +204,7 @@ impl Session<'_> {
         let reason = self.serve().await;
         Box::pin(self.finish(reason)).await;
         self.shared.cancels.unregister(self.login.cancel_key);
+        self.shared.client_list.remove(self.login.client_id);
         tracing::info!(client = %self.login.peer, user = %self.login.user.config.name, reason = reason.as_str(), "client connection closed");
         self.shared.metrics.client_closed(reason.as_str());
     }
@@ -736,6 +738,7 @@ impl Session<'_> {
         }
         self.routing.held = None;
         self.routing.held_member = None;
+        self.login.entry.set_state(ClientState::Idle);
         self.replay.stop();
         self.drop_idle_buffers();
     }

@@ -98,6 +98,9 @@ pub struct ProxyConfig {
     /// CA certificates (PEM) for verify-ca and verify-full.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub server_tls_ca_file: Option<PathBuf>,
+    /// Users (from `[[users]]`) who may open the admin console (database
+    /// `pgsplit`).
+    pub admin_users: Vec<String>,
     /// On SIGTERM: how long pgsplit goes on serving (and accepting) with
     /// /readyz false, so that Kubernetes stops sending new clients.
     pub shutdown_delay: Seconds,
@@ -131,6 +134,7 @@ impl Default for ProxyConfig {
             tls_require: false,
             server_tls_mode: crate::tls::ServerTlsMode::Prefer,
             server_tls_ca_file: None,
+            admin_users: Vec::new(),
             shutdown_delay: Seconds(Duration::from_secs(5)),
             shutdown_timeout: Seconds(Duration::from_secs(20)),
         }
@@ -170,7 +174,7 @@ pub struct ClusterConfig {
 }
 
 /// Where a cluster's members come from.
-#[derive(Debug, Clone, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum DiscoveryConfig {
     /// Fixed addresses.
@@ -259,6 +263,9 @@ pub struct Config {
     pub users: Vec<UserConfig>,
     #[serde(default)]
     pub clusters: Vec<ClusterConfig>,
+    /// The file this config was read from (for reloads).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 impl Config {
@@ -270,7 +277,9 @@ impl Config {
             key: "(file)".into(),
             problem: format!("cannot read: {e}"),
         })?;
-        Self::parse(&text, &file, std::env::vars())
+        let mut config = Self::parse(&text, &file, std::env::vars())?;
+        config.source = Some(path.to_path_buf());
+        Ok(config)
     }
 
     /// Parses `text` (named `file` in errors) with `vars` as the environment.
@@ -393,6 +402,14 @@ impl Config {
             }
         }
         self.routing.validate()?;
+        for (i, name) in self.proxy.admin_users.iter().enumerate() {
+            if !self.users.iter().any(|u| &u.name == name) {
+                return Err((
+                    format!("proxy.admin_users[{i}]"),
+                    format!("\"{name}\" is not one of [[users]]"),
+                ));
+            }
+        }
         if let Some(name) = &self.routing.probe_user {
             if !self.users.iter().any(|u| &u.name == name) {
                 return Err((

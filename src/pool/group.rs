@@ -44,8 +44,8 @@ impl PoolStatus {
 pub struct PoolGroup {
     database: Arc<str>,
     user: Arc<str>,
-    password: Arc<str>,
-    settings: PoolSettings,
+    /// Password and settings new pools are made with (a reload changes them).
+    spec: Mutex<(Arc<str>, PoolSettings)>,
     pools: Mutex<HashMap<Arc<str>, ServerPool>>,
 }
 
@@ -56,16 +56,20 @@ impl PoolGroup {
         if let Some(p) = pools.get(&*member.addr) {
             return p.clone();
         }
-        let s = &self.settings;
+        let (password, s) = self
+            .spec
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         let spec = ServerSpec {
             addr: member.addr.clone(),
             user: self.user.clone(),
             database: self.database.clone(),
-            password: self.password.clone(),
+            password,
             connect_timeout: s.connect_timeout,
             tls: s.tls.clone(),
         };
-        let pool = ServerPool::new(spec, member.state.clone(), s);
+        let pool = ServerPool::new(spec, member.state.clone(), &s);
         pools.insert(member.addr.clone(), pool.clone());
         pool
     }
@@ -74,18 +78,41 @@ impl PoolGroup {
         let pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
         pools.iter().map(|(a, p)| (a.clone(), p.clone())).collect()
     }
+
+    /// New password and settings: when they differ, the pools are retired
+    /// (idle connections close now, lent ones when their transaction
+    /// ends) and made afresh on next use.
+    fn reconfigure(&self, password: Arc<str>, settings: &PoolSettings) -> bool {
+        let mut spec = self.spec.lock().unwrap_or_else(PoisonError::into_inner);
+        if spec.0 == password && spec.1.same_as(settings) {
+            return false;
+        }
+        *spec = (password, settings.clone());
+        drop(spec);
+        let old: Vec<ServerPool> = self
+            .pools
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+            .map(|(_, p)| p)
+            .collect();
+        for pool in old {
+            pool.retire();
+        }
+        true
+    }
 }
 
 /// Every pool group pgsplit has opened.
 pub struct Pools {
-    settings: PoolSettings,
+    settings: Mutex<PoolSettings>,
     groups: Mutex<HashMap<(String, String), Arc<PoolGroup>>>,
 }
 
 impl Pools {
     pub fn new(settings: PoolSettings) -> Arc<Pools> {
         Arc::new(Pools {
-            settings,
+            settings: Mutex::new(settings),
             groups: Mutex::new(HashMap::new()),
         })
     }
@@ -101,8 +128,7 @@ impl Pools {
                 Arc::new(PoolGroup {
                     database: database.into(),
                     user: user.into(),
-                    password: password.into(),
-                    settings: self.settings.clone(),
+                    spec: Mutex::new((password.into(), self.settings().clone())),
                     pools: Mutex::new(HashMap::new()),
                 })
             })
@@ -130,7 +156,10 @@ impl Pools {
     /// Closes idle connections past `server_idle_timeout` or
     /// `server_lifetime`. Busy ones are judged when they come back.
     pub fn sweep(&self) {
-        let (idle, life) = (self.settings.idle_timeout, self.settings.lifetime);
+        let (idle, life) = {
+            let s = self.settings();
+            (s.idle_timeout, s.lifetime)
+        };
         for (_, _, pool) in self.each() {
             pool.retain_idle(|entry| {
                 idle.is_none_or(|t| entry.since.elapsed() < t)
@@ -203,6 +232,43 @@ impl Pools {
             if &*a == addr {
                 pool.retire();
             }
+        }
+    }
+
+    fn settings(&self) -> std::sync::MutexGuard<'_, PoolSettings> {
+        self.settings.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A reload: new settings, and each user's password (None: the user
+    /// is gone; its pools keep serving the sessions that have them).
+    /// Returns how many (database, user) groups were renewed.
+    pub fn reconfigure(
+        &self,
+        settings: PoolSettings,
+        password_of: impl Fn(&str) -> Option<String>,
+    ) -> usize {
+        *self.settings() = settings.clone();
+        let groups: Vec<Arc<PoolGroup>> = self
+            .groups
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
+        groups
+            .iter()
+            .filter(|g| match password_of(&g.user) {
+                Some(p) => g.reconfigure(p.into(), &settings),
+                None => false,
+            })
+            .count()
+    }
+
+    /// Replaces every server connection: idle ones close now, lent ones
+    /// when their transaction ends (the console's RECONNECT).
+    pub fn retire_all(&self) {
+        for (_, _, pool) in self.each() {
+            pool.retire();
         }
     }
 

@@ -301,6 +301,19 @@ pub enum CheckoutError {
     Closed,
 }
 
+impl PoolSettings {
+    /// Same sizes, timeouts and TLS mode (the connector itself is not
+    /// compared: TLS files change only with a restart).
+    pub fn same_as(&self, other: &PoolSettings) -> bool {
+        self.pool_size == other.pool_size
+            && self.query_wait_timeout == other.query_wait_timeout
+            && self.connect_timeout == other.connect_timeout
+            && self.idle_timeout == other.idle_timeout
+            && self.lifetime == other.lifetime
+            && self.tls.as_ref().map(|t| t.1) == other.tls.as_ref().map(|t| t.1)
+    }
+}
+
 /// Pool sizes and timeouts shared by every pool.
 #[derive(Clone)]
 pub struct PoolSettings {

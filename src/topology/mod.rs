@@ -12,6 +12,7 @@ pub mod kubernetes;
 pub mod patroni;
 pub mod probe;
 pub mod roles;
+pub mod sources;
 pub mod state;
 
 use std::sync::Arc;
@@ -85,6 +86,29 @@ impl Member {
 }
 
 impl ClusterTopology {
+    /// A cluster as its config describes it: static members as
+    /// configured; none for other sources until they answer.
+    pub fn from_config(c: &crate::config::ClusterConfig) -> ClusterTopology {
+        let members = match &c.discovery {
+            DiscoveryConfig::Static { leader, replicas } => {
+                std::iter::once(Member::new(leader, Role::Leader, 1, ""))
+                    .chain(
+                        replicas
+                            .iter()
+                            .map(|r| Member::new(r.addr(), Role::Replica, r.weight(), r.zone())),
+                    )
+                    .collect()
+            }
+            DiscoveryConfig::Patroni { .. } | DiscoveryConfig::Kubernetes(_) => Vec::new(),
+        };
+        ClusterTopology {
+            name: c.name.clone(),
+            members,
+            state: Arc::default(),
+            follow_probes: matches!(c.discovery, DiscoveryConfig::Static { .. }),
+        }
+    }
+
     /// A source's fresh member list for cluster `name`, keeping the live
     /// state of members `previous` already had (by address) and the
     /// cluster's WAL history.
@@ -134,32 +158,16 @@ pub struct Topology {
 }
 
 impl Topology {
-    /// The snapshot the `static` source describes.
+    /// The first snapshot for `config`: static members as configured;
+    /// clusters of other sources empty until they answer.
     pub fn from_config(config: &Config) -> Topology {
-        let clusters = config
-            .clusters
-            .iter()
-            .map(|c| {
-                let members = match &c.discovery {
-                    DiscoveryConfig::Static { leader, replicas } => {
-                        std::iter::once(Member::new(leader, Role::Leader, 1, ""))
-                            .chain(replicas.iter().map(|r| {
-                                Member::new(r.addr(), Role::Replica, r.weight(), r.zone())
-                            }))
-                            .collect()
-                    }
-                    // Filled in by the source once it has asked.
-                    DiscoveryConfig::Patroni { .. } | DiscoveryConfig::Kubernetes(_) => Vec::new(),
-                };
-                ClusterTopology {
-                    name: c.name.clone(),
-                    members,
-                    state: Arc::default(),
-                    follow_probes: matches!(c.discovery, DiscoveryConfig::Static { .. }),
-                }
-            })
-            .collect();
-        Topology { clusters }
+        Topology {
+            clusters: config
+                .clusters
+                .iter()
+                .map(ClusterTopology::from_config)
+                .collect(),
+        }
     }
 
     /// The cluster called `name`.

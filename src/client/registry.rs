@@ -1,0 +1,107 @@
+//! Every logged-in client, for the admin console's SHOW CLIENTS. Entries
+//! are added at login and removed at close; a session updates only its
+//! entry's state (one relaxed store when it takes or gives back a server).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+/// What a client is doing, as PgBouncer's SHOW CLIENTS names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientState {
+    /// Between transactions, holding no server.
+    Idle = 0,
+    /// Holding a server.
+    Active = 1,
+    /// Waiting for a server.
+    Waiting = 2,
+}
+
+/// One client, as listed.
+#[derive(Debug)]
+pub struct ClientEntry {
+    pub id: u64,
+    pub user: String,
+    pub database: String,
+    pub addr: SocketAddr,
+    pub connected: SystemTime,
+    pub tls: bool,
+    state: AtomicU8,
+}
+
+impl ClientEntry {
+    pub fn new(id: u64, user: &str, database: &str, addr: SocketAddr, tls: bool) -> ClientEntry {
+        ClientEntry {
+            id,
+            user: user.to_string(),
+            database: database.to_string(),
+            addr,
+            connected: SystemTime::now(),
+            tls,
+            state: AtomicU8::new(ClientState::Idle as u8),
+        }
+    }
+
+    pub fn set_state(&self, state: ClientState) {
+        self.state.store(state as u8, Ordering::Relaxed);
+    }
+
+    pub fn state(&self) -> ClientState {
+        match self.state.load(Ordering::Relaxed) {
+            1 => ClientState::Active,
+            2 => ClientState::Waiting,
+            _ => ClientState::Idle,
+        }
+    }
+}
+
+/// The clients connected now.
+#[derive(Default)]
+pub struct ClientRegistry {
+    entries: Mutex<HashMap<u64, Arc<ClientEntry>>>,
+}
+
+impl ClientRegistry {
+    pub fn add(&self, entry: Arc<ClientEntry>) {
+        self.lock().insert(entry.id, entry);
+    }
+
+    pub fn remove(&self, id: u64) {
+        self.lock().remove(&id);
+    }
+
+    /// Every client, by id.
+    pub fn list(&self) -> Vec<Arc<ClientEntry>> {
+        let mut all: Vec<_> = self.lock().values().cloned().collect();
+        all.sort_by_key(|e| e.id);
+        all
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ClientEntry>>> {
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn add_list_remove_and_state() {
+        let r = ClientRegistry::default();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 5000));
+        let a = Arc::new(ClientEntry::new(2, "u", "d", addr, false));
+        r.add(a.clone());
+        r.add(Arc::new(ClientEntry::new(1, "u", "d", addr, true)));
+        assert_eq!(
+            r.list().iter().map(|e| e.id).collect::<Vec<_>>(),
+            vec![1, 2]
+        );
+        a.set_state(ClientState::Waiting);
+        assert_eq!(r.list()[1].state(), ClientState::Waiting);
+        r.remove(1);
+        assert_eq!(r.list().len(), 1);
+    }
+}
