@@ -430,7 +430,7 @@ async fn serve_client(stream: TcpStream, peer: SocketAddr, shared: Arc<Shared>) 
     // task would otherwise carry its space for the whole session.
     let login = Box::pin(login::login(stream, peer, &shared, over_limit));
     match login.await {
-        Some(login::Entry::Session(admitted)) => session::run(admitted, &shared).await,
+        Some(login::Entry::Session(admitted)) => session::run(*admitted, &shared).await,
         Some(login::Entry::Console(client)) => {
             Box::pin(crate::admin::console::run(client, &shared)).await
         }

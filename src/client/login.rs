@@ -51,12 +51,11 @@ pub struct Admitted {
     pub routing: Routing,
 }
 
-/// Where a client goes after login. (Built once per login and moved
-/// once: the size difference between variants costs nothing.)
-#[allow(clippy::large_enum_variant)]
+/// Where a client goes after login.
 pub enum Entry {
-    /// The request loop towards the servers.
-    Session(Admitted),
+    /// The request loop towards the servers (boxed: the client task's
+    /// future holds this across the login's end, per idle client).
+    Session(Box<Admitted>),
     /// The admin console (database `pgsplit`, or `pgbouncer` for tools
     /// written for PgBouncer).
     Console(crate::admin::console::ConsoleClient),
@@ -144,13 +143,13 @@ pub async fn login(
     let err = match outcome {
         Ok(Finished::Session(ready, server, routing)) => {
             tracing::info!(client = %peer, user = %ready.user.config.name, database = %ready.database, read_only = routing.read_only, tls = stream.is_tls(), "client logged in");
-            return Some(Entry::Session(Admitted {
+            return Some(Entry::Session(Box::new(Admitted {
                 stream,
                 pending: buf,
                 login: ready,
                 server,
                 routing,
-            }));
+            })));
         }
         Ok(Finished::Console(user, database)) => {
             tracing::info!(client = %peer, user = %user.config.name, database = %database, "admin console login");
