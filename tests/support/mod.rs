@@ -64,6 +64,31 @@ impl TestEnv {
         }
     }
 
+    /// Like [`start_with`](Self::start_with), with the config read from a
+    /// file (which reloads read again); returns the file's path.
+    pub async fn start_from_file(
+        replicas: usize,
+        config: impl FnOnce(&LocalCluster) -> String,
+    ) -> (TestEnv, std::path::PathBuf) {
+        let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(replicas))
+            .await
+            .expect("cluster thread")
+            .expect("start the local cluster");
+        let path = cluster.dir().join("pgsplit.toml");
+        std::fs::write(&path, config(&cluster)).expect("write the config");
+        let config = Config::load(&path).expect("test config is valid");
+        let proxy = Proxy::start(config).await.expect("start pgsplit");
+        let addr = proxy.local_addr();
+        (
+            TestEnv {
+                proxy: Some(proxy),
+                addr,
+                cluster,
+            },
+            path,
+        )
+    }
+
     /// Superuser SQL on replica `i`.
     pub fn replica_sql(&self, i: usize, sql: &str) -> String {
         self.cluster

@@ -1,0 +1,249 @@
+//! Live reload: SIGHUP (the binary), `RELOAD` in the console, and a change
+//! of the config file (a Kubernetes-style symlink swap). Users, pool
+//! sizes, routing and discovery apply without dropping clients; an
+//! invalid file is refused and the running config stays.
+
+mod support;
+
+use pgsplit::demo::cluster::LocalCluster;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+use support::{connect, http_get, metric_sum, parse_metrics, sqlstate, TestEnv};
+
+/// A config for `cluster` with `users`, `[proxy]` lines and `[routing]`
+/// lines; `replicas` of the cluster's replicas listed.
+fn config(
+    cluster: &LocalCluster,
+    users: &[(&str, &str)],
+    proxy: &str,
+    routing: &str,
+    replicas: usize,
+) -> String {
+    let text = pgsplit::demo::cluster_config(cluster, "127.0.0.1:0", proxy, users);
+    let listed: Vec<String> = cluster.replicas[..replicas]
+        .iter()
+        .map(|r| format!("\"{}\"", r.addr()))
+        .collect();
+    let (head, _) = text.split_once("replicas = [").unwrap();
+    format!(
+        "{head}replicas = [{}]\n[routing]\n{routing}\n",
+        listed.join(", ")
+    )
+}
+
+async fn scrape(env: &TestEnv) -> Vec<(String, f64)> {
+    let admin = env.proxy.as_ref().unwrap().admin_addr();
+    parse_metrics(&http_get(admin, "/metrics").await.1)
+}
+
+const APP: (&str, &str) = ("app", "app-secret");
+const MD5: (&str, &str) = ("pgsplit_md5", "md5-secret");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_applies_users_pools_routing_and_discovery_without_dropping_clients() {
+    support::init_logging();
+    let (env, path) =
+        TestEnv::start_from_file(2, |cluster| config(cluster, &[APP], "pool_size = 4", "", 2))
+            .await;
+    let c = env.connect().await;
+    env.wait_for_replicas(&c).await;
+    let md5_url = env.url_for(MD5.0, MD5.1);
+    let Err(e) = connect(&md5_url).await else {
+        panic!("not a user yet")
+    };
+    assert_eq!(sqlstate(&e).as_deref(), Some("28P01"));
+
+    std::fs::write(
+        &path,
+        config(
+            &env.cluster,
+            &[APP, MD5],
+            "pool_size = 2",
+            "read_write_split = false",
+            1,
+        ),
+    )
+    .unwrap();
+    env.proxy.as_ref().unwrap().reload().expect("reload");
+
+    // The client connected before the reload goes on; reads now go to the leader.
+    let port: i32 = c
+        .query_one("SELECT inet_server_port()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(port as u16, env.cluster.leader.port);
+    // The new user logs in.
+    let m = connect(&md5_url).await.expect("new user logs in");
+    m.query_one("SELECT 1", &[]).await.unwrap();
+    // The new pool size holds.
+    let metrics = scrape(&env).await;
+    assert_eq!(metric_sum(&metrics, "pgsplit_pool_size", &[]), 2.0);
+    let mut sleepers = Vec::new();
+    for _ in 0..4 {
+        let url = env.url();
+        sleepers.push(tokio::spawn(async move {
+            let c = connect(&url).await.unwrap();
+            c.query_one("SELECT pg_sleep(0.6)", &[]).await.unwrap();
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        env.app_backends() <= 2,
+        "pool_size 2: {} backends",
+        env.app_backends()
+    );
+    for s in sleepers {
+        s.await.unwrap();
+    }
+    // Discovery: one replica listed now.
+    let admin = env.proxy.as_ref().unwrap().admin_addr();
+    let doc: serde_json::Value =
+        serde_json::from_str(&http_get(admin, "/topology").await.1).unwrap();
+    assert_eq!(doc["clusters"][0]["members"].as_array().unwrap().len(), 2);
+    // The explicit reload, and maybe the file watcher's for the same change.
+    assert!(
+        metric_sum(
+            &scrape(&env).await,
+            "pgsplit_config_reloads_total",
+            &[("result", "ok")]
+        ) >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invalid_config_is_refused_and_the_running_one_stays() {
+    let (env, path) = TestEnv::start_from_file(0, |cluster| {
+        config(
+            cluster,
+            &[APP],
+            "pool_size = 4\nadmin_users = [\"app\"]",
+            "",
+            0,
+        )
+    })
+    .await;
+    let c = env.connect().await;
+    std::fs::write(&path, "[proxy]\npool_size = \"many\"\n").unwrap();
+    let e = env.proxy.as_ref().unwrap().reload().unwrap_err();
+    assert!(e.to_string().contains("pool_size"), "{e}");
+    // The console's RELOAD says the same.
+    let out = env.client_command(
+        "psql",
+        &[
+            "-X",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &env.addr.port().to_string(),
+            "-U",
+            "app",
+            "-d",
+            "pgsplit",
+            "-c",
+            "RELOAD",
+        ],
+    );
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("config not reloaded"),
+        "{text}"
+    );
+    c.query_one("SELECT 1", &[]).await.expect("still serving");
+    connect(&env.url()).await.expect("logins as before");
+    let metrics = scrape(&env).await;
+    assert_eq!(metric_sum(&metrics, "pgsplit_pool_size", &[]), 4.0);
+    // Refused twice by hand (and maybe once more by the file watcher).
+    assert!(
+        metric_sum(
+            &metrics,
+            "pgsplit_config_reloads_total",
+            &[("result", "refused")]
+        ) >= 2.0
+    );
+    assert_eq!(
+        metric_sum(
+            &metrics,
+            "pgsplit_config_reloads_total",
+            &[("result", "ok")]
+        ),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_changed_config_file_is_picked_up() {
+    let (env, path) =
+        TestEnv::start_from_file(0, |cluster| config(cluster, &[APP], "pool_size = 4", "", 0))
+            .await;
+    let c = env.connect().await;
+    // As Kubernetes updates a mounted ConfigMap: the new file appears
+    // elsewhere and a symlink is swapped in over the old name.
+    let dir = path.parent().unwrap();
+    std::fs::create_dir_all(dir.join("..v2")).unwrap();
+    std::fs::write(
+        dir.join("..v2/pgsplit.toml"),
+        config(&env.cluster, &[APP], "pool_size = 3", "", 0),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(dir.join("..v2/pgsplit.toml"), dir.join("..tmp")).unwrap();
+    std::fs::rename(dir.join("..tmp"), &path).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while metric_sum(&scrape(&env).await, "pgsplit_pool_size", &[]) != 3.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the file change was not picked up"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    c.query_one("SELECT 1", &[])
+        .await
+        .expect("the client stayed");
+}
+
+/// The binary reloads on SIGHUP.
+#[test]
+fn sighup_reloads() {
+    let dir = std::env::temp_dir().join(format!("pgsplit-sighup-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("pgsplit.toml");
+    std::fs::write(
+        &file,
+        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_delay = \"0s\"\n\
+         [[users]]\nname = \"a\"\npassword = \"b\"\n\
+         [[clusters]]\nname = \"m\"\n[clusters.discovery]\nkind = \"static\"\nleader = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+        .arg("--config")
+        .arg(&file)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut wait_for = |needle: &str| {
+        for line in lines.by_ref() {
+            if line.unwrap().contains(needle) {
+                return true;
+            }
+        }
+        false
+    };
+    assert!(wait_for("accepting clients"));
+    let signal = |name: &str| {
+        Command::new("kill")
+            .args([name, &child.id().to_string()])
+            .status()
+            .unwrap()
+    };
+    signal("-HUP");
+    assert!(wait_for("SIGHUP: reloading"));
+    assert!(wait_for("config reloaded"));
+    signal("-TERM");
+    let status = child.wait().unwrap();
+    assert!(status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
