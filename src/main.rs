@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use pgsplit::config::Config;
+use pgsplit::config::{Config, LogFormat};
 use pgsplit::proxy::Proxy;
 
 #[derive(Parser)]
@@ -36,13 +36,16 @@ fn load(path: Option<PathBuf>) -> Result<Config, String> {
     Config::load(&path).map_err(|e| e.to_string())
 }
 
-fn init_logging() {
+/// Logs to stdout as text or JSON lines; `RUST_LOG` wins over `level`.
+fn init_logging(format: LogFormat, level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.with_target(false).init(),
+        LogFormat::Json => builder.json().with_current_span(false).init(),
+    }
 }
 
 fn main() -> ExitCode {
@@ -61,7 +64,20 @@ fn main() -> ExitCode {
             }
         };
     }
-    init_logging();
+    let config = match command {
+        Cmd::Demo => None,
+        _ => match load(cli.config) {
+            Ok(config) => Some(config),
+            Err(e) => {
+                eprintln!("pgsplit: invalid config: {e}");
+                return ExitCode::from(2);
+            }
+        },
+    };
+    match &config {
+        Some(c) => init_logging(c.proxy.log_format, &c.proxy.log_level),
+        None => init_logging(LogFormat::Text, "info"),
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -72,17 +88,11 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = match command {
-        Cmd::Demo => runtime
+    let result = match config {
+        None => runtime
             .block_on(pgsplit::demo::run())
             .map_err(|e| e.to_string()),
-        _ => match load(cli.config) {
-            Ok(config) => runtime.block_on(serve(config)),
-            Err(e) => {
-                eprintln!("pgsplit: invalid config: {e}");
-                return ExitCode::from(2);
-            }
-        },
+        Some(config) => runtime.block_on(serve(config)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

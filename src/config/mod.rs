@@ -38,6 +38,15 @@ pub enum PoolMode {
     Transaction,
 }
 
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
 /// How clients prove who they are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 pub enum AuthType {
@@ -101,6 +110,11 @@ pub struct ProxyConfig {
     /// Users (from `[[users]]`) who may open the admin console (database
     /// `pgsplit`).
     pub admin_users: Vec<String>,
+    /// `text` or `json` (one JSON object per line), for log collectors.
+    pub log_format: LogFormat,
+    /// Levels, overall and per module: `info`, or
+    /// `info,pgsplit::topology=debug`. `RUST_LOG` wins when set.
+    pub log_level: String,
     /// On SIGTERM: how long pgsplit goes on serving (and accepting) with
     /// /readyz false, so that Kubernetes stops sending new clients.
     pub shutdown_delay: Seconds,
@@ -135,6 +149,8 @@ impl Default for ProxyConfig {
             server_tls_mode: crate::tls::ServerTlsMode::Prefer,
             server_tls_ca_file: None,
             admin_users: Vec::new(),
+            log_format: LogFormat::Text,
+            log_level: "info".into(),
             shutdown_delay: Seconds(Duration::from_secs(5)),
             shutdown_timeout: Seconds(Duration::from_secs(20)),
         }
@@ -400,6 +416,15 @@ impl Config {
                     "set password or password_file".into(),
                 ));
             }
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.proxy.log_level).is_err() {
+            return Err((
+                "proxy.log_level".into(),
+                format!(
+                    "\"{}\" is not a level list like \"info,pgsplit::topology=debug\"",
+                    self.proxy.log_level
+                ),
+            ));
         }
         self.routing.validate()?;
         for (i, name) in self.proxy.admin_users.iter().enumerate() {
