@@ -53,7 +53,7 @@ fn check_accepts_every_shipped_config() {
         // The Kubernetes example reads its password from a mounted Secret.
         let text = std::fs::read_to_string(&path)
             .unwrap()
-            .replace("/etc/pgsplit/secrets/zalando/password", &secret);
+            .replace("/etc/pgsplit/secrets/app/password", &secret);
         let copy = write("shipped.toml", &text);
         let out = pgsplit(&["check", "--config", &copy], &[]);
         assert!(
