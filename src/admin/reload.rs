@@ -10,7 +10,7 @@
 //!   so they apply at once (write functions rebuild the classifier);
 //! - discovery: clusters whose settings changed restart their source,
 //!   added and removed clusters come and go; the probes restart;
-//! - `listen`, `admin_listen` and TLS files need a restart: a change is
+//! - `listen`, `admin_listen`, TLS files and logging need a restart: a change is
 //!   logged and the running values stay.
 
 use std::sync::Arc;
@@ -121,6 +121,11 @@ fn keep_restart_only_settings(old: &Config, new: &mut Config) {
         n.server_tls_ca_file = o.server_tls_ca_file.clone();
         n.server_tls_mode = o.server_tls_mode;
         kept.push("TLS settings");
+    }
+    if (o.log_format, &o.log_level) != (n.log_format, &n.log_level) {
+        n.log_format = o.log_format;
+        n.log_level = o.log_level.clone();
+        kept.push("log_format and log_level");
     }
     if !kept.is_empty() {
         tracing::warn!(settings = ?kept, "these settings change only with a restart; the running values stay");
