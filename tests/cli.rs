@@ -64,7 +64,9 @@ fn check_accepts_every_shipped_config() {
         );
         assert!(!String::from_utf8_lossy(&out.stdout).contains("from-a-secret"));
         checked += 1;
+        let _ = std::fs::remove_file(&copy);
     }
+    let _ = std::fs::remove_file(&secret);
     assert!(checked >= 3, "local, patroni and kubernetes examples");
 }
 

@@ -80,6 +80,7 @@ fn check_config(toml: &str, what: &str) {
         .env_remove("PGSPLIT_CONFIG")
         .output()
         .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
     assert!(
         out.status.success(),
         "{what}: {}",
