@@ -6,8 +6,6 @@
 mod support;
 
 use pgsplit::demo::cluster::LocalCluster;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::{connect, http_get, metric_sum, parse_metrics, sqlstate, TestEnv};
 
@@ -205,45 +203,16 @@ async fn a_changed_config_file_is_picked_up() {
 /// The binary reloads on SIGHUP.
 #[test]
 fn sighup_reloads() {
-    let dir = std::env::temp_dir().join(format!("pgsplit-sighup-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let file = dir.join("pgsplit.toml");
-    std::fs::write(
-        &file,
+    let mut pgsplit = support::Binary::start(
+        "sighup",
         "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_delay = \"0s\"\n\
          [[users]]\nname = \"a\"\npassword = \"b\"\n\
          [[clusters]]\nname = \"m\"\n[clusters.discovery]\nkind = \"static\"\nleader = \"127.0.0.1:1\"\n",
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
-        .arg("--config")
-        .arg(&file)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut wait_for = |needle: &str| {
-        for line in lines.by_ref() {
-            if line.unwrap().contains(needle) {
-                return true;
-            }
-        }
-        false
-    };
-    assert!(wait_for("accepting clients"));
-    let signal = |name: &str| {
-        Command::new("kill")
-            .args([name, &child.id().to_string()])
-            .status()
-            .unwrap()
-    };
-    signal("-HUP");
-    assert!(wait_for("SIGHUP: reloading"));
-    assert!(wait_for("config reloaded"));
-    signal("-TERM");
-    let status = child.wait().unwrap();
-    assert!(status.success());
-    let _ = std::fs::remove_dir_all(&dir);
+    );
+    assert!(pgsplit.wait_for("accepting clients"));
+    pgsplit.signal("-HUP");
+    assert!(pgsplit.wait_for("SIGHUP: reloading"));
+    assert!(pgsplit.wait_for("config reloaded"));
+    pgsplit.signal("-TERM");
+    assert!(pgsplit.exit_within(Duration::from_secs(10)).success());
 }

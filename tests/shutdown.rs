@@ -4,8 +4,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 use support::{connect, http_get, TestEnv};
 
@@ -112,58 +111,21 @@ async fn pgbench_through_a_graceful_shutdown_loses_nothing() {
 /// second SIGTERM skips the remaining wait.
 #[test]
 fn sigterm_twice_exits_at_once_with_status_0() {
-    let dir = std::env::temp_dir().join(format!("pgsplit-shutdown-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("pgsplit.toml");
-    std::fs::write(
-        &config,
+    let mut pgsplit = support::Binary::start(
+        "shutdown",
         "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_delay = \"30s\"\n\
          [[users]]\nname = \"a\"\npassword = \"b\"\n\
          [[clusters]]\nname = \"m\"\n[clusters.discovery]\nkind = \"static\"\nleader = \"127.0.0.1:1\"\n",
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
-        .arg("--config")
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut wait_for = |needle: &str| {
-        for line in lines.by_ref() {
-            if line.unwrap().contains(needle) {
-                return;
-            }
-        }
-        panic!("pgsplit never logged {needle:?}");
-    };
-    wait_for("accepting clients");
-    let term = || {
-        Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-    };
-    term();
-    wait_for("graceful shutdown");
+    );
+    assert!(pgsplit.wait_for("accepting clients"));
+    pgsplit.signal("-TERM");
+    assert!(pgsplit.wait_for("graceful shutdown"));
     let began = Instant::now();
-    term();
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if began.elapsed() > Duration::from_secs(10) {
-            let _ = child.kill();
-            panic!("pgsplit did not exit after a second SIGTERM");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    pgsplit.signal("-TERM");
+    let status = pgsplit.exit_within(Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
     assert!(
         began.elapsed() < Duration::from_secs(5),
         "the second signal did not hurry it"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

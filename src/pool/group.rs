@@ -135,15 +135,18 @@ impl Pools {
             .clone()
     }
 
-    fn each(&self) -> Vec<(Arc<PoolGroup>, Arc<str>, ServerPool)> {
-        let groups: Vec<Arc<PoolGroup>> = self
-            .groups
+    /// Every group (a copy of the list: no lock held after).
+    fn groups(&self) -> Vec<Arc<PoolGroup>> {
+        self.groups
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .values()
             .cloned()
-            .collect();
-        groups
+            .collect()
+    }
+
+    fn each(&self) -> Vec<(Arc<PoolGroup>, Arc<str>, ServerPool)> {
+        self.groups()
             .into_iter()
             .flat_map(|g| {
                 g.each()
@@ -248,14 +251,7 @@ impl Pools {
         password_of: impl Fn(&str) -> Option<String>,
     ) -> usize {
         *self.settings() = settings.clone();
-        let groups: Vec<Arc<PoolGroup>> = self
-            .groups
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .values()
-            .cloned()
-            .collect();
-        groups
+        self.groups()
             .iter()
             .filter(|g| match password_of(&g.user) {
                 Some(p) => g.reconfigure(p.into(), &settings),

@@ -48,20 +48,11 @@ impl TestEnv {
         replicas: usize,
         config: impl FnOnce(&LocalCluster) -> String,
     ) -> TestEnv {
-        let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(replicas))
-            .await
-            .expect("cluster thread")
-            .expect("start the local cluster");
+        let cluster = start_cluster(replicas).await;
         let text = config(&cluster);
         let config =
             Config::parse(&text, "test config", std::iter::empty()).expect("test config is valid");
-        let proxy = Proxy::start(config).await.expect("start pgsplit");
-        let addr = proxy.local_addr();
-        TestEnv {
-            proxy: Some(proxy),
-            addr,
-            cluster,
-        }
+        TestEnv::in_front_of(cluster, config).await
     }
 
     /// Like [`start_with`](Self::start_with), with the config read from a
@@ -70,23 +61,21 @@ impl TestEnv {
         replicas: usize,
         config: impl FnOnce(&LocalCluster) -> String,
     ) -> (TestEnv, std::path::PathBuf) {
-        let cluster = tokio::task::spawn_blocking(move || LocalCluster::start(replicas))
-            .await
-            .expect("cluster thread")
-            .expect("start the local cluster");
+        let cluster = start_cluster(replicas).await;
         let path = cluster.dir().join("pgsplit.toml");
         std::fs::write(&path, config(&cluster)).expect("write the config");
         let config = Config::load(&path).expect("test config is valid");
+        (TestEnv::in_front_of(cluster, config).await, path)
+    }
+
+    async fn in_front_of(cluster: LocalCluster, config: Config) -> TestEnv {
         let proxy = Proxy::start(config).await.expect("start pgsplit");
         let addr = proxy.local_addr();
-        (
-            TestEnv {
-                proxy: Some(proxy),
-                addr,
-                cluster,
-            },
-            path,
-        )
+        TestEnv {
+            proxy: Some(proxy),
+            addr,
+            cluster,
+        }
     }
 
     /// Superuser SQL on replica `i`.
@@ -182,6 +171,80 @@ impl Drop for TestEnv {
         if let Some(proxy) = self.proxy.take() {
             drop(proxy);
         }
+    }
+}
+
+/// A leader with `replicas` streaming replicas.
+async fn start_cluster(replicas: usize) -> LocalCluster {
+    tokio::task::spawn_blocking(move || LocalCluster::start(replicas))
+        .await
+        .expect("cluster thread")
+        .expect("start the local cluster")
+}
+
+/// The `pgsplit` binary run with a config file holding `config`, its
+/// stdout (the log) readable line by line; the directory goes with it.
+pub struct Binary {
+    pub child: std::process::Child,
+    pub lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    dir: std::path::PathBuf,
+}
+
+impl Binary {
+    pub fn start(name: &str, config: &str) -> Binary {
+        use std::io::BufRead;
+        let dir = std::env::temp_dir().join(format!("pgsplit-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("pgsplit.toml");
+        std::fs::write(&file, config).unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
+            .arg("--config")
+            .arg(&file)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        Binary { child, lines, dir }
+    }
+
+    /// Reads the log until a line contains `needle`; false at its end.
+    pub fn wait_for(&mut self, needle: &str) -> bool {
+        self.lines
+            .by_ref()
+            .any(|line| line.is_ok_and(|l| l.contains(needle)))
+    }
+
+    /// Waits up to `limit` for the process to exit.
+    pub fn exit_within(&mut self, limit: std::time::Duration) -> std::process::ExitStatus {
+        let began = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                began.elapsed() < limit,
+                "pgsplit did not exit within {limit:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    /// Sends `signal` (`-TERM`, `-HUP`).
+    pub fn signal(&self, signal: &str) {
+        Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .unwrap();
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
