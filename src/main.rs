@@ -105,10 +105,11 @@ fn main() -> ExitCode {
 
 async fn serve(config: Config) -> Result<(), String> {
     use tokio::signal::unix::{signal, SignalKind};
-    let proxy = Proxy::start(config).await.map_err(|e| e.to_string())?;
+    // Handlers first: a signal that arrives while starting is not lost.
     let mut term = signal(SignalKind::terminate()).map_err(|e| e.to_string())?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(|e| e.to_string())?;
     let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
+    let proxy = Proxy::start(config).await.map_err(|e| e.to_string())?;
     loop {
         tokio::select! {
             _ = interrupt.recv() => break,

@@ -341,6 +341,7 @@ impl Proxy {
         };
         self.stop_accepting().await;
         self.shared.draining.cancel();
+        self.shared.client_list.wake_all();
         let clients = || self.shared.clients.load(Ordering::Relaxed);
         tracing::info!(
             clients = clients(),

@@ -50,14 +50,6 @@ impl ResultSet {
         self.rows.push(values);
     }
 
-    pub fn len(&self) -> usize {
-        self.rows.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.rows.is_empty()
-    }
-
     /// RowDescription, DataRows and CommandComplete with `tag`.
     pub fn encode(&self, buf: &mut BytesMut, tag: &str) {
         let start = buf.len();

@@ -29,6 +29,9 @@ pub struct ClientEntry {
     pub connected: SystemTime,
     pub tls: bool,
     state: AtomicU8,
+    /// Wakes the session when a shutdown starts draining clients (an
+    /// atomic register per loop turn: no lock on the hot path).
+    drain: futures_util::task::AtomicWaker,
 }
 
 impl ClientEntry {
@@ -41,7 +44,24 @@ impl ClientEntry {
             connected: SystemTime::now(),
             tls,
             state: AtomicU8::new(ClientState::Idle as u8),
+            drain: futures_util::task::AtomicWaker::new(),
         }
+    }
+
+    /// Ready once `draining` is cancelled; the registry's
+    /// [`wake_all`](ClientRegistry::wake_all) wakes it.
+    pub fn drained<'a>(
+        &'a self,
+        draining: &'a tokio_util::sync::CancellationToken,
+    ) -> impl std::future::Future<Output = ()> + 'a {
+        std::future::poll_fn(move |cx| {
+            self.drain.register(cx.waker());
+            if draining.is_cancelled() {
+                std::task::Poll::Ready(())
+            } else {
+                std::task::Poll::Pending
+            }
+        })
     }
 
     pub fn set_state(&self, state: ClientState) {
@@ -70,6 +90,13 @@ impl ClientRegistry {
 
     pub fn remove(&self, id: u64) {
         self.lock().remove(&id);
+    }
+
+    /// Wakes every session (after the drain token was cancelled).
+    pub fn wake_all(&self) {
+        for entry in self.lock().values() {
+            entry.drain.wake();
+        }
     }
 
     /// Every client, by id.

@@ -231,7 +231,7 @@ impl Session<'_> {
                     r = self.to_client.write_some(&mut self.client_wr), if can_write_client => Event::ClientWritten(r),
                     r = write_server(&mut self.to_server, swr), if can_write_server => Event::ServerWritten(r),
                     _ = idle_check(&mut self.idle) => Event::IdleCheck,
-                    _ = self.shared.draining.cancelled(), if !self.draining => Event::Drain,
+                    _ = self.login.entry.drained(&self.shared.draining), if !self.draining => Event::Drain,
                 }
             };
             match event {
