@@ -36,9 +36,9 @@ pub struct Shared {
     pub metrics: crate::metrics::Metrics,
     /// Set when a shutdown starts: /readyz turns false.
     pub shutting_down: std::sync::atomic::AtomicBool,
-    /// Cancelled when the listener has closed in a shutdown: sessions
-    /// close once idle.
-    pub draining: CancellationToken,
+    /// Set when the listener has closed in a shutdown: sessions close
+    /// once idle.
+    pub draining: std::sync::atomic::AtomicBool,
     /// The console's PAUSE: new transactions wait until RESUME.
     paused: std::sync::atomic::AtomicBool,
     resumed: tokio::sync::Notify,
@@ -234,7 +234,7 @@ impl Proxy {
             config: arc_swap::ArcSwap::from_pointee(config),
             metrics: crate::metrics::Metrics::new(),
             shutting_down: std::sync::atomic::AtomicBool::new(false),
-            draining: CancellationToken::new(),
+            draining: std::sync::atomic::AtomicBool::new(false),
             paused: std::sync::atomic::AtomicBool::new(false),
             resumed: tokio::sync::Notify::new(),
             started: std::time::Instant::now(),
@@ -340,7 +340,7 @@ impl Proxy {
             _ = &mut hurry => true,
         };
         self.stop_accepting().await;
-        self.shared.draining.cancel();
+        self.shared.draining.store(true, Ordering::Release);
         self.shared.client_list.wake_all();
         let clients = || self.shared.clients.load(Ordering::Relaxed);
         tracing::info!(

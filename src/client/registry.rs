@@ -48,15 +48,17 @@ impl ClientEntry {
         }
     }
 
-    /// Ready once `draining` is cancelled; the registry's
-    /// [`wake_all`](ClientRegistry::wake_all) wakes it.
+    /// Ready once `draining` is set; the registry's
+    /// [`wake_all`](ClientRegistry::wake_all) wakes it. (A flag, not a
+    /// CancellationToken: its `is_cancelled` takes a lock shared by every
+    /// session.)
     pub fn drained<'a>(
         &'a self,
-        draining: &'a tokio_util::sync::CancellationToken,
+        draining: &'a std::sync::atomic::AtomicBool,
     ) -> impl std::future::Future<Output = ()> + 'a {
         std::future::poll_fn(move |cx| {
             self.drain.register(cx.waker());
-            if draining.is_cancelled() {
+            if draining.load(Ordering::Acquire) {
                 std::task::Poll::Ready(())
             } else {
                 std::task::Poll::Pending
