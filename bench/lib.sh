@@ -71,7 +71,7 @@ name = "bench"
 kind = "static"
 leader = "127.0.0.1:$PG_PORT"
 CONF
-    RUST_LOG=warn ${PGSPLIT_ENV:-} "$ROOT/target/release/pgsplit" --config "$WORK/pgsplit-$1.toml" >"$WORK/pgsplit-$1.log" 2>&1 &
+    RUST_LOG=warn ${PGSPLIT_ENV:-} "${PGSPLIT_BIN:-$ROOT/target/release/pgsplit}" --config "$WORK/pgsplit-$1.toml" >"$WORK/pgsplit-$1.log" 2>&1 &
     SPLIT_PID=$!
     PIDS+=("$SPLIT_PID")
 }
