@@ -48,7 +48,7 @@ fn client_counts(shared: &Shared) -> BTreeMap<(String, String), (usize, usize)> 
     let mut counts: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
     for c in shared.client_list.list() {
         let e = counts
-            .entry((c.database.clone(), c.user.clone()))
+            .entry((c.database.to_string(), c.user.to_string()))
             .or_default();
         match c.state() {
             ClientState::Active => e.0 += 1,
@@ -150,8 +150,8 @@ fn clients(shared: &Shared) -> ResultSet {
         let since = utc(c.connected);
         rs.row(vec![
             text("C"),
-            text(&c.user),
-            text(&c.database),
+            text(&*c.user),
+            text(&*c.database),
             text(state),
             text(c.addr.ip()),
             text(c.addr.port()),

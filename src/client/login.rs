@@ -470,10 +470,11 @@ async fn finish_login(
         cancel.hold(server.cancel_target());
         routing.held = Some(home.role);
     }
+    let (group_database, group_user) = routing.group.names();
     let entry = Arc::new(ClientEntry::new(
         client_id,
-        &user.config.name,
-        &database,
+        group_user,
+        group_database,
         peer,
         stream.is_tls(),
     ));

@@ -23,8 +23,9 @@ pub enum ClientState {
 #[derive(Debug)]
 pub struct ClientEntry {
     pub id: u64,
-    pub user: String,
-    pub database: String,
+    /// Shared with the pool group (no copy per client).
+    pub user: Arc<str>,
+    pub database: Arc<str>,
     pub addr: SocketAddr,
     pub connected: SystemTime,
     pub tls: bool,
@@ -35,11 +36,17 @@ pub struct ClientEntry {
 }
 
 impl ClientEntry {
-    pub fn new(id: u64, user: &str, database: &str, addr: SocketAddr, tls: bool) -> ClientEntry {
+    pub fn new(
+        id: u64,
+        user: Arc<str>,
+        database: Arc<str>,
+        addr: SocketAddr,
+        tls: bool,
+    ) -> ClientEntry {
         ClientEntry {
             id,
-            user: user.to_string(),
-            database: database.to_string(),
+            user,
+            database,
             addr,
             connected: SystemTime::now(),
             tls,
@@ -121,9 +128,15 @@ mod tests {
     fn add_list_remove_and_state() {
         let r = ClientRegistry::default();
         let addr = SocketAddr::from(([127, 0, 0, 1], 5000));
-        let a = Arc::new(ClientEntry::new(2, "u", "d", addr, false));
+        let a = Arc::new(ClientEntry::new(2, "u".into(), "d".into(), addr, false));
         r.add(a.clone());
-        r.add(Arc::new(ClientEntry::new(1, "u", "d", addr, true)));
+        r.add(Arc::new(ClientEntry::new(
+            1,
+            "u".into(),
+            "d".into(),
+            addr,
+            true,
+        )));
         assert_eq!(
             r.list().iter().map(|e| e.id).collect::<Vec<_>>(),
             vec![1, 2]

@@ -50,6 +50,11 @@ pub struct PoolGroup {
 }
 
 impl PoolGroup {
+    /// (database, user) of this group.
+    pub fn names(&self) -> (Arc<str>, Arc<str>) {
+        (self.database.clone(), self.user.clone())
+    }
+
     /// The pool for `member`, created on first use.
     pub fn pool(&self, member: &Member) -> ServerPool {
         let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
