@@ -2,7 +2,7 @@
 # The whole test suite on a fresh machine: installs what the tests need
 # when missing (PostgreSQL 15 server and client programs; Patroni and etcd
 # for the failover tests; Debian's prometheus-pgbouncer-exporter for the
-# console test; the Python and Node.js drivers the driver tests
+# console test; kubectl and PyYAML for the deploy checks; the Python and Node.js drivers the driver tests
 # use), then runs every unit and integration test with cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,6 +14,8 @@ command -v pgbench >/dev/null || need_apt+=(postgresql-client-15)
 command -v patroni >/dev/null || need_apt+=(patroni)
 command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v prometheus-pgbouncer-exporter >/dev/null || need_apt+=(prometheus-pgbouncer-exporter)
+command -v kubectl >/dev/null || need_apt+=(kubectl)
+python3 -c 'import yaml' 2>/dev/null || need_apt+=(python3-yaml)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "installing: ${need_apt[*]}" >&2
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi
