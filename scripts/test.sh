@@ -15,7 +15,7 @@ command -v patroni >/dev/null || need_apt+=(patroni)
 command -v etcd >/dev/null || need_apt+=(etcd-server)
 command -v prometheus-pgbouncer-exporter >/dev/null || need_apt+=(prometheus-pgbouncer-exporter)
 command -v kubectl >/dev/null || need_apt+=(kubectl)
-python3 -c 'import yaml' 2>/dev/null || need_apt+=(python3-yaml)
+/usr/bin/python3 -c 'import yaml' 2>/dev/null || need_apt+=(python3-yaml)
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "installing: ${need_apt[*]}" >&2
     if [ "$(id -u)" = 0 ]; then SUDO=""; else SUDO="sudo"; fi

@@ -9,11 +9,17 @@ fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Parses YAML documents with Python's yaml (Debian's python3-yaml, which
-/// Patroni brings) and returns them as JSON values.
+/// Parses YAML documents with Python's yaml and returns them as JSON values.
 fn yaml_documents(text: &str, what: &str) -> Vec<serde_json::Value> {
     let script = "import sys, json, yaml\nprint(json.dumps([d for d in yaml.safe_load_all(sys.stdin) if d is not None]))";
-    let mut child = Command::new("python3")
+    // Debian's python3 has python3-yaml (a dependency of Patroni, which
+    // the test command installs); another python3 first on PATH may not.
+    let python = if Path::new("/usr/bin/python3").exists() {
+        "/usr/bin/python3"
+    } else {
+        "python3"
+    };
+    let mut child = Command::new(python)
         .args(["-c", script])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
