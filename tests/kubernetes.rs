@@ -308,9 +308,7 @@ async fn apiserver_restarts_410_and_errors_lose_nothing() {
     .await;
 
     // A change made while the apiserver is down is replayed from history.
-    fake.stop();
-    // Let the connections' tasks see the stop before the change is made.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    fake.stop().await;
     relabel(&fake, REPLICA_PODS[1], "uninitialized");
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
@@ -328,7 +326,7 @@ async fn apiserver_restarts_410_and_errors_lose_nothing() {
     assert_eq!(fake.stats().gone.load(Ordering::Relaxed), 0);
 
     // History compacted while down: the watch gets 410 Gone and relists.
-    fake.stop();
+    fake.stop().await;
     relabel(&fake, REPLICA_PODS[1], "replica");
     fake.compact();
     fake.start_again().await;

@@ -50,6 +50,8 @@ struct Inner {
     drop_watches: Mutex<CancellationToken>,
     bookmark_every: Duration,
     stats: Stats,
+    /// Connections being served.
+    live: std::sync::atomic::AtomicUsize,
 }
 
 /// The fake apiserver; stops when dropped.
@@ -74,6 +76,7 @@ impl FakeApiserver {
             drop_watches: Mutex::new(CancellationToken::new()),
             bookmark_every: Duration::from_millis(500),
             stats: Stats::default(),
+            live: std::sync::atomic::AtomicUsize::new(0),
         });
         let mut server = FakeApiserver {
             addr,
@@ -100,11 +103,13 @@ impl FakeApiserver {
                 };
                 let inner = inner.clone();
                 let stop = stop.clone();
+                inner.live.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     tokio::select! {
                         _ = stop.cancelled() => {}
-                        _ = serve_connection(socket, inner) => {}
+                        _ = serve_connection(socket, inner.clone()) => {}
                     }
+                    inner.live.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
@@ -187,8 +192,21 @@ impl FakeApiserver {
         self.inner.fail_next.store(n, Ordering::SeqCst);
     }
 
-    /// Stops listening and closes every connection; objects stay.
-    pub fn stop(&mut self) {
+    /// Stops listening and closes every connection (returning once they
+    /// are closed: nothing more reaches a client after this); objects stay.
+    pub async fn stop(&mut self) {
+        self.halt();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.inner.live.load(Ordering::SeqCst) > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "connections did not close"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    fn halt(&mut self) {
         if let Some(stop) = self.running.take() {
             stop.cancel();
         }
@@ -214,7 +232,7 @@ impl FakeApiserver {
 
 impl Drop for FakeApiserver {
     fn drop(&mut self) {
-        self.stop();
+        self.halt();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
