@@ -203,12 +203,7 @@ async fn a_changed_config_file_is_picked_up() {
 /// The binary reloads on SIGHUP.
 #[test]
 fn sighup_reloads() {
-    let mut pgsplit = support::Binary::start(
-        "sighup",
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_delay = \"0s\"\n\
-         [[users]]\nname = \"a\"\npassword = \"b\"\n\
-         [[clusters]]\nname = \"m\"\n[clusters.discovery]\nkind = \"static\"\nleader = \"127.0.0.1:1\"\n",
-    );
+    let mut pgsplit = support::Binary::start_standalone("sighup", "shutdown_delay = \"0s\"");
     assert!(pgsplit.wait_for("accepting clients"));
     pgsplit.signal("-HUP");
     assert!(pgsplit.wait_for("SIGHUP: reloading"));

@@ -111,12 +111,7 @@ async fn pgbench_through_a_graceful_shutdown_loses_nothing() {
 /// second SIGTERM skips the remaining wait.
 #[test]
 fn sigterm_twice_exits_at_once_with_status_0() {
-    let mut pgsplit = support::Binary::start(
-        "shutdown",
-        "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_delay = \"30s\"\n\
-         [[users]]\nname = \"a\"\npassword = \"b\"\n\
-         [[clusters]]\nname = \"m\"\n[clusters.discovery]\nkind = \"static\"\nleader = \"127.0.0.1:1\"\n",
-    );
+    let mut pgsplit = support::Binary::start_standalone("shutdown", "shutdown_delay = \"30s\"");
     assert!(pgsplit.wait_for("accepting clients"));
     pgsplit.signal("-TERM");
     assert!(pgsplit.wait_for("graceful shutdown"));

@@ -191,6 +191,19 @@ pub struct Binary {
 }
 
 impl Binary {
+    /// The binary on a standalone config (a static leader nobody
+    /// listens on) with `proxy_extra` lines in `[proxy]`.
+    pub fn start_standalone(name: &str, proxy_extra: &str) -> Binary {
+        Binary::start(
+            name,
+            &format!(
+                "[proxy]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\n{proxy_extra}\n\
+                 [[users]]\nname = \"a\"\npassword = \"b\"\n\
+                 [[clusters]]\nname = \"m\"\n[clusters.discovery]\nkind = \"static\"\nleader = \"127.0.0.1:1\"\n"
+            ),
+        )
+    }
+
     pub fn start(name: &str, config: &str) -> Binary {
         use std::io::BufRead;
         let dir = std::env::temp_dir().join(format!("pgsplit-{name}-{}", std::process::id()));
