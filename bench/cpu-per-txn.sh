@@ -22,6 +22,8 @@ sleep 1
 TICKS=$(getconf CLK_TCK)
 cpu_ticks() { awk "{print \$14 + \$15}" "/proc/$1/stat"; }
 split_ticks() { awk "{print \$14, \$15}" "/proc/$1/stat"; }
+# Context switches of every thread of a process (voluntary + involuntary).
+switches() { cat /proc/"$1"/task/*/status | awk '/ctxt_switches/ {n += $2} END {print n}'; }
 
 measure() { # NAME PID PORT
     local before after us
@@ -30,10 +32,10 @@ measure() { # NAME PID PORT
         strace -c -f -p "$2" -o "$WORK/strace-$1" & local st=$!
         sleep 0.5
     fi
-    before=$(cpu_ticks "$2"); local ub; ub=$(split_ticks "$2")
+    before=$(cpu_ticks "$2"); local ub; ub=$(split_ticks "$2"); local sw; sw=$(switches "$2")
     PGPASSWORD=app-secret pgbench -n -c "$CLIENTS" -j 2 -t "$TXNS" "${EXTRA[@]}" -h 127.0.0.1 -p "$3" -U app app >"$WORK/out-$1" 2>&1
     after=$(cpu_ticks "$2")
-    echo "$1 user/system ticks before: $ub after: $(split_ticks "$2")" >&2
+    echo "$1 user/system ticks before: $ub after: $(split_ticks "$2"); context switches per txn: $(awk -v a="$sw" -v b="$(switches "$2")" -v n=$((CLIENTS * TXNS)) 'BEGIN{printf "%.2f", (b - a) / n}')" >&2
     if [ "${STRACE:-0}" = 1 ]; then kill -INT $st; wait $st || true; fi
     us=$(awk -v t=$((after - before)) -v hz="$TICKS" -v n=$((CLIENTS * TXNS)) 'BEGIN{printf "%.1f", t / hz * 1e6 / n}')
     echo "$us"

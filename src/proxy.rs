@@ -27,6 +27,9 @@ pub struct Shared {
     pub users: arc_swap::ArcSwap<UserDirectory>,
     /// Read/write classification with the configured write functions.
     pub classifier: arc_swap::ArcSwap<Classifier>,
+    /// Bumped whenever `classifier` is replaced: sessions keep what they
+    /// classified under an epoch (see `ClientStatements::recent_summary`).
+    pub classifier_epoch: AtomicU64,
     /// The config in force; a reload swaps it.
     config: arc_swap::ArcSwap<Config>,
     /// The running topology sources and probes.
@@ -94,6 +97,7 @@ impl Shared {
         self.users.store(Arc::new(UserDirectory::new(&config)));
         self.classifier
             .store(Arc::new(Classifier::new(&config.routing.write_functions)));
+        self.classifier_epoch.fetch_add(1, Ordering::Relaxed);
         let probes = probe_settings(&config, self.server_tls.clone());
         let restarted = self.sources.apply(&config, probes, self.topology.clone());
         tracing::info!(pool_groups_renewed = renewed, sources_restarted = ?restarted, users = config.users.len(), "config reloaded");
@@ -248,6 +252,7 @@ impl Proxy {
             pins: AtomicU64::new(0),
             write_marks: Mutex::new(HashMap::new()),
             next_client_id: AtomicU64::new(1),
+            classifier_epoch: AtomicU64::new(0),
         });
         tokio::spawn(pools.clone().run_sweeper(stop.clone()));
         let interval = shared.config().routing.probe_interval.0;

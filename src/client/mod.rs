@@ -15,5 +15,6 @@ pub mod replay;
 pub mod rewrite;
 pub mod routing;
 pub mod session;
+pub mod spare;
 pub mod statements;
 pub mod tracker;

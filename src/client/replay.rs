@@ -34,7 +34,12 @@ const MAX_ATTEMPTS: u8 = 3;
 #[derive(Default)]
 pub(super) struct Replay {
     active: bool,
-    messages: Vec<Bytes>,
+    /// The request's first message run, kept inline: most requests are
+    /// one run (a Query, or Parse to Sync as one read), and a vector
+    /// would be allocated and freed for each of them.
+    first: Option<Bytes>,
+    /// Any further message runs.
+    more: Vec<Bytes>,
     bytes: usize,
     /// Client pushes when the request started; any push since closes the
     /// window.
@@ -67,7 +72,8 @@ impl Replay {
     /// The window closed: nothing is kept.
     pub fn stop(&mut self) {
         self.active = false;
-        self.messages.clear();
+        self.first = None;
+        self.more.clear();
         self.names.clear();
         self.begin = None;
         self.bytes = 0;
@@ -87,7 +93,10 @@ impl Replay {
         if self.bytes > MAX_REPLAY_BYTES {
             self.stop();
         } else {
-            self.messages.push(message.clone());
+            match self.first {
+                None => self.first = Some(message.clone()),
+                Some(_) => self.more.push(message.clone()),
+            }
         }
     }
 
@@ -112,8 +121,8 @@ impl Replay {
 
     /// Frees what an idle client does not need.
     pub fn shrink(&mut self) {
-        if !self.active && self.messages.capacity() > 0 {
-            self.messages = Vec::new();
+        if !self.active && self.more.capacity() > 0 {
+            self.more = Vec::new();
         }
     }
 }
@@ -155,7 +164,7 @@ impl Session<'_> {
             self.statements.remove(name);
         }
         let mut input = BytesMut::with_capacity(replay.bytes + self.client_in.len());
-        for message in &replay.messages {
+        for message in replay.first.iter().chain(&replay.more) {
             input.extend_from_slice(message);
         }
         input.extend_from_slice(&self.client_in);
@@ -178,7 +187,7 @@ mod tests {
         assert!(r.possible(5));
         r.check(6);
         assert!(!r.possible(6));
-        assert!(r.messages.is_empty());
+        assert!(r.first.is_none() && r.more.is_empty());
     }
 
     #[test]

@@ -7,10 +7,11 @@
 //! client's own and nothing is rewritten.
 
 use bytes::{BufMut, Bytes};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::session::Session;
-use super::statements::Statement;
+use super::statements::{ClassifyKey, Statement};
 use super::tracker::Synthetic;
 use crate::config::PoolMode;
 use crate::route::classify::Summary;
@@ -33,6 +34,23 @@ impl Session<'_> {
 
     fn standard_strings(&self) -> bool {
         self.login.params.get("standard_conforming_strings") != Some("off")
+    }
+
+    /// What classifying a text depends on besides the text.
+    pub(super) fn classify_key(&self) -> ClassifyKey {
+        (
+            self.shared.classifier_epoch.load(Ordering::Relaxed),
+            self.standard_strings(),
+        )
+    }
+
+    /// Classifies statement text under `key` (text that is not UTF-8
+    /// goes to the leader).
+    pub(super) fn classify_text(&self, text: &[u8], key: ClassifyKey) -> Summary {
+        std::str::from_utf8(text).map_or_else(
+            |_| Summary::leader(),
+            |t| self.shared.classifier.load().classify(t, key.1),
+        )
     }
 
     /// Whether the server holds the client's current unnamed statement.
@@ -72,7 +90,12 @@ impl Session<'_> {
         if let Some(server) = self.server.as_deref_mut() {
             server.unnamed_owner = None;
         }
-        let Some(found) = self.effects_of(leading_name(body)) else {
+        let text = leading_name(body);
+        if self.routing.take_read_query(text) {
+            // Routing classified this very text as reads only.
+            return false;
+        }
+        let Some(found) = self.effects_of(text) else {
             return false;
         };
         let mut answer_myself = false;
@@ -133,7 +156,12 @@ impl Session<'_> {
     /// Queues `message` (tag + body parts) for the server.
     fn send(&mut self, tag: u8, parts: &[&[u8]]) {
         let len: usize = parts.iter().map(|p| p.len()).sum();
-        self.scratch.reserve(len + HEADER_LEN);
+        if self.scratch.capacity() == 0 {
+            // Room for several messages: each is split off as it is made.
+            self.scratch = super::spare::take((len + HEADER_LEN).max(1024));
+        } else {
+            self.scratch.reserve(len + HEADER_LEN);
+        }
         self.scratch.put_u8(tag);
         self.scratch.put_i32((len + 4) as i32);
         for p in parts {
@@ -167,6 +195,20 @@ impl Session<'_> {
             &[statement.server_name.as_bytes(), b"\0", &statement.body],
         );
         self.tracker.parse(visible, Some(statement.clone()));
+    }
+
+    /// Pins the client when a Parse carries a command that changes
+    /// session state (not replayed over the extended protocol). Text
+    /// classified as reads only cannot.
+    fn pin_for_parse(&mut self, query: &[u8], summary: Summary) {
+        if summary.only_reads || !may_have_effects(query) {
+            return;
+        }
+        if let Ok(text) = std::str::from_utf8(query) {
+            if !effects(text, self.standard_strings()).is_empty() {
+                self.pin("session command in a prepared statement");
+            }
+        }
     }
 
     /// Re-sends the client's unnamed statement to a server that holds
@@ -291,16 +333,14 @@ impl Session<'_> {
         let name = leading_name(&body);
         let rest = body.slice((name.len() + 1).min(body.len())..);
         let query = leading_name(&rest);
-        if may_have_effects(query) {
-            if let Ok(text) = std::str::from_utf8(query) {
-                if !effects(text, self.standard_strings()).is_empty() {
-                    // Session state over the extended protocol: not replayed.
-                    self.pin("session command in a prepared statement");
-                }
-            }
-        }
+        let key = self.classify_key();
         if name.is_empty() {
-            let seq = self.statements.set_unnamed(rest);
+            let summary = match self.statements.recent_summary(&rest, key) {
+                Some(summary) => summary,
+                None => self.classify_text(query, key),
+            };
+            self.pin_for_parse(query, summary);
+            let seq = self.statements.set_unnamed(&rest, summary, key);
             if let Some(server) = self.server.as_deref_mut() {
                 server.unnamed_owner = Some((self.login.client_id, seq));
             }
@@ -308,14 +348,11 @@ impl Session<'_> {
             return;
         }
         let name = String::from_utf8_lossy(name).into_owned();
-        let standard_strings = self.standard_strings();
-        let classifier = self.shared.classifier.load();
-        let statement = self.shared.statements.intern(rest.clone(), || {
-            std::str::from_utf8(query).map_or_else(
-                |_| Summary::leader(),
-                |q| classifier.classify(q, standard_strings),
-            )
-        });
+        let statement = self
+            .shared
+            .statements
+            .intern(rest.clone(), || self.classify_text(query, key));
+        self.pin_for_parse(query, statement.summary);
         if !self.statements.insert(&name, statement.clone()) {
             self.fail(
                 "42P05",

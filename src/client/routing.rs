@@ -95,6 +95,9 @@ pub struct Routing {
     unnamed: Option<Summary>,
     /// Unnamed Parses looked at by a scan and not yet forwarded.
     scanned_unnamed: usize,
+    /// A simple Query's text the scan found to be reads only (address and
+    /// length in the client's buffer): its session-state scan is skipped.
+    read_query: Option<(usize, usize)>,
     rng: Rng,
     /// Counters and timers of this (cluster, database, user).
     pub metrics: Arc<SessionMetrics>,
@@ -132,6 +135,7 @@ impl Routing {
             resolved: (0, 0),
             unnamed: None,
             scanned_unnamed: 0,
+            read_query: None,
             rng: Rng::new(seed),
             metrics,
             route: Route::Leader,
@@ -160,6 +164,12 @@ impl Routing {
             self.transaction_started.get_or_insert(now);
         }
         self.unit_start = matches!(tag, b'S' | b'Q' | b'F');
+    }
+
+    /// Whether `text` is the Query text the last scan found to be reads
+    /// only; forgets it either way.
+    pub fn take_read_query(&mut self, text: &[u8]) -> bool {
+        self.read_query.take() == Some((text.as_ptr() as usize, text.len()))
     }
 
     /// The held server reported `in_hot_standby`: the member's role as it
@@ -346,20 +356,17 @@ impl Session<'_> {
     /// Looks at the messages of the unit starting at `at`, as far as they
     /// have arrived.
     fn scan_unit(&mut self, at: usize, tag: u8) -> Unit {
-        let shared = self.shared;
-        let standard = self.login.params.get("standard_conforming_strings") != Some("off");
-        let classify = |text: &[u8]| {
-            std::str::from_utf8(text).map_or_else(
-                |_| Summary::leader(),
-                |t| shared.classifier.load().classify(t, standard),
-            )
-        };
+        let key = self.classify_key();
         let input = &self.client_in[at..];
         if tag == b'Q' {
             let body = input.get(HEADER_LEN..).unwrap_or_default();
             let text = read_cstr(body).map_or(&[][..], |(t, _)| t);
+            let summary = self.classify_text(text, key);
+            self.routing.read_query = summary
+                .only_reads
+                .then_some((text.as_ptr() as usize, text.len()));
             return Unit {
-                summary: classify(text),
+                summary,
                 neutral: false,
                 executes: true,
                 complete: true,
@@ -383,7 +390,10 @@ impl Session<'_> {
                 b'P' => {
                     let (name, rest) = read_cstr(body).unwrap_or_default();
                     let text = read_cstr(rest).map_or(&[][..], |(t, _)| t);
-                    let summary = classify(text);
+                    let summary = match self.statements.recent_summary(rest, key) {
+                        Some(s) if name.is_empty() => s,
+                        _ => self.classify_text(text, key),
+                    };
                     if name.is_empty() {
                         unnamed = Some(summary);
                         scanned_unnamed += 1;
@@ -554,7 +564,7 @@ impl Session<'_> {
                 }
                 Err(e) => return Err(self.no_server(e).await),
             };
-            if member.role == Role::Leader && server.reported("in_hot_standby") == Some("on") {
+            if member.role == Role::Leader && server.in_hot_standby() == Some(true) {
                 tracing::warn!(member = %member.addr, "a server opened for the leader is in recovery; waiting for the topology");
                 member.state.observed(true);
                 discard(server);
@@ -568,7 +578,7 @@ impl Session<'_> {
                 }
                 continue;
             }
-            if member.role == Role::Replica && server.reported("in_hot_standby") == Some("off") {
+            if member.role == Role::Replica && server.in_hot_standby() == Some(false) {
                 // Promoted, or never a replica: suspect until the topology
                 // agrees; the read goes elsewhere.
                 tracing::warn!(member = %member.addr, "a server opened for a replica is not in recovery; it takes no reads until the topology agrees");

@@ -171,7 +171,9 @@ async fn read_client(rd: &mut ReadHalf, buf: &mut BytesMut) -> std::io::Result<u
         // join and leave a waiter list under a lock on every loop turn.
         std::future::poll_fn(|cx| tcp.as_ref().poll_read_ready(cx)).await?;
     }
-    if buf.capacity() - buf.len() < CLIENT_READ_LOW {
+    if buf.capacity() == 0 {
+        *buf = super::spare::take(CLIENT_READ_RESERVE);
+    } else if buf.capacity() - buf.len() < CLIENT_READ_LOW {
         buf.reserve(CLIENT_READ_RESERVE);
     }
     rd.read_buf(buf).await
@@ -225,11 +227,16 @@ impl Session<'_> {
                     Some(s) => (Some(&mut s.rd), Some(&mut s.wr), Some(&mut s.rbuf)),
                     None => (None, None, None),
                 };
+                // Biased: polled in this order, without a random start
+                // (a thread-local RNG step per branch). Every branch is
+                // bounded (the queues stop reading at HIGH_WATER), so none
+                // starves the others; answers go before new requests.
                 tokio::select! {
-                    r = read_client(&mut self.client_rd, &mut self.client_in), if can_read_client => Event::ClientRead(r),
+                    biased;
                     r = read_server(srd, sbuf), if can_read_server => Event::ServerRead(r),
                     r = self.to_client.write_some(&mut self.client_wr), if can_write_client => Event::ClientWritten(r),
                     r = write_server(&mut self.to_server, swr), if can_write_server => Event::ServerWritten(r),
+                    r = read_client(&mut self.client_rd, &mut self.client_in), if can_read_client => Event::ClientRead(r),
                     _ = idle_check(&mut self.idle) => Event::IdleCheck,
                     _ = self.login.entry.drained(&self.shared.draining), if !self.draining => Event::Drain,
                 }
@@ -431,8 +438,14 @@ impl Session<'_> {
                 // client's task would otherwise carry that future's space.
                 match Box::pin(self.route_point(&mut ready, header.tag)).await? {
                     Point::Go => {}
-                    Point::Handled => continue,
+                    Point::Handled => {
+                        // The message was answered, not forwarded: what
+                        // its scan noted is void.
+                        self.routing.take_read_query(&[]);
+                        continue;
+                    }
                     Point::Blocked => {
+                        self.routing.take_read_query(&[]);
                         self.routing.blocked = true;
                         break;
                     }
@@ -619,7 +632,7 @@ impl Session<'_> {
                 && retryable_error(
                     &server.rbuf[HEADER_LEN..header.total_len],
                     self.routing.held,
-                    server.reported("in_hot_standby") == Some("on"),
+                    server.in_hot_standby() == Some(true),
                 )
             {
                 return Ok(ServerData::Retry(
@@ -744,14 +757,15 @@ impl Session<'_> {
     }
 
     /// An idle client keeps no buffer: the read buffer and the rewrite
-    /// scratch space are freed when empty (they are shared with messages
-    /// still queued, which keep their own bytes alive).
+    /// scratch space are given up when empty, to the thread's spares
+    /// (they are shared with messages still queued, which keep their own
+    /// bytes alive).
     fn drop_idle_buffers(&mut self) {
         if self.client_in.is_empty() && self.client_in.capacity() > 0 {
-            self.client_in = BytesMut::new();
+            super::spare::give(std::mem::take(&mut self.client_in));
         }
         if self.scratch.capacity() > 0 {
-            self.scratch = BytesMut::new();
+            super::spare::give(std::mem::take(&mut self.scratch));
         }
         self.replay.shrink();
     }

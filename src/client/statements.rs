@@ -105,6 +105,10 @@ impl StatementRegistry {
     }
 }
 
+/// What a classification depended on besides the text: the classifier in
+/// force (its epoch) and the session's `standard_conforming_strings`.
+pub type ClassifyKey = (u64, bool);
+
 /// One client's statement names.
 #[derive(Default)]
 pub struct ClientStatements {
@@ -113,6 +117,12 @@ pub struct ClientStatements {
     /// tells servers apart that hold an older one.
     unnamed: Option<(Bytes, u64)>,
     unnamed_seq: u64,
+    /// The last unnamed Parse body and its classification. Drivers that
+    /// do not name statements (libpq's PQexecParams, pgbench -M extended,
+    /// JDBC below its prepare threshold) send the same text again and
+    /// again; a comparison then replaces a classification. Survives a
+    /// simple Query, which only destroys the statement itself.
+    recent: Option<(Bytes, Summary, ClassifyKey)>,
 }
 
 impl ClientStatements {
@@ -140,8 +150,25 @@ impl ClientStatements {
         self.unnamed = None;
     }
 
-    /// The client parsed a new unnamed statement; returns its sequence.
-    pub fn set_unnamed(&mut self, body: Bytes) -> u64 {
+    /// The classification of the last unnamed Parse when `body` is that
+    /// Parse's body again, classified under the same `key`.
+    pub fn recent_summary(&self, body: &[u8], key: ClassifyKey) -> Option<Summary> {
+        match &self.recent {
+            Some((b, summary, k)) if *k == key && b[..] == *body => Some(*summary),
+            _ => None,
+        }
+    }
+
+    /// The client parsed a new unnamed statement (`summary` is what its
+    /// text is, under `key`); returns its sequence. The body is copied
+    /// once per distinct text, so it does not hold the client's read
+    /// buffer.
+    pub fn set_unnamed(&mut self, body: &[u8], summary: Summary, key: ClassifyKey) -> u64 {
+        let body = match &self.recent {
+            Some((b, _, _)) if b[..] == *body => b.clone(),
+            _ => Bytes::copy_from_slice(body),
+        };
+        self.recent = Some((body.clone(), summary, key));
         self.unnamed_seq += 1;
         self.unnamed = Some((body, self.unnamed_seq));
         self.unnamed_seq
@@ -186,9 +213,33 @@ mod tests {
         assert_eq!(c.get("s1").unwrap().id, s.id);
         assert!(c.remove("s1"));
         assert!(!c.remove("s1"));
-        let seq = c.set_unnamed(Bytes::from_static(b"x"));
+        let seq = c.set_unnamed(b"x", Summary::default(), (0, true));
         assert_eq!(c.unnamed().unwrap().1, seq);
         c.drop_unnamed();
         assert!(c.unnamed().is_none());
+    }
+
+    #[test]
+    fn recent_unnamed_text_keeps_its_classification() {
+        let mut c = ClientStatements::default();
+        let write = Summary::leader();
+        assert_eq!(c.recent_summary(b"INSERT\0\0\0", (0, true)), None);
+        c.set_unnamed(b"INSERT\0\0\0", write, (0, true));
+        c.drop_unnamed();
+        assert_eq!(c.recent_summary(b"INSERT\0\0\0", (0, true)), Some(write));
+        assert_eq!(
+            c.recent_summary(b"INSERT\0\0\0", (1, true)),
+            None,
+            "a reload's classifier"
+        );
+        assert_eq!(
+            c.recent_summary(b"INSERT\0\0\0", (0, false)),
+            None,
+            "other string rules"
+        );
+        assert_eq!(c.recent_summary(b"SELECT\0\0\0", (0, true)), None);
+        let first = c.set_unnamed(b"INSERT\0\0\0", write, (0, true));
+        let second = c.set_unnamed(b"INSERT\0\0\0", write, (0, true));
+        assert_ne!(first, second, "each Parse is a new unnamed statement");
     }
 }

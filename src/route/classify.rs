@@ -59,6 +59,11 @@ pub struct Summary {
     pub rest_reads_only: bool,
     /// A leading `/* pgsplit:leader */` or `/* pgsplit:replica */`.
     pub hint: Option<Target>,
+    /// Every statement is a proven read ([`Class::Read`]). Such text
+    /// cannot change session state either (the functions that do are
+    /// among those that make a statement a write), so the session-state
+    /// scan can be skipped.
+    pub only_reads: bool,
 }
 
 impl Default for Summary {
@@ -68,6 +73,7 @@ impl Default for Summary {
             second: None,
             rest_reads_only: true,
             hint: None,
+            only_reads: true,
         }
     }
 }
@@ -78,6 +84,7 @@ impl Summary {
     pub fn leader() -> Summary {
         Summary {
             first: Some(Class::Write),
+            only_reads: false,
             ..Summary::default()
         }
     }
@@ -146,6 +153,7 @@ impl Classifier {
                 if count > 0 && !class.reads_only() {
                     summary.rest_reads_only = false;
                 }
+                summary.only_reads &= class == Class::Read;
                 count += 1;
             }
         };

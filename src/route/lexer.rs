@@ -64,11 +64,20 @@ impl<'a> Lexer<'a> {
         self.src.get(self.pos + ahead).copied().unwrap_or(0)
     }
 
+    /// Advances past every byte of class `class` (a [`BYTE_CLASS`] bit).
+    fn skip_class(&mut self, class: u8) {
+        let rest = &self.src[self.pos.min(self.src.len())..];
+        self.pos += rest
+            .iter()
+            .position(|&c| BYTE_CLASS[c as usize] & class == 0)
+            .unwrap_or(rest.len());
+    }
+
     /// Skips whitespace and comments.
     fn skip_trivia(&mut self) {
         loop {
             match (self.peek(0), self.peek(1)) {
-                (c, _) if c.is_ascii_whitespace() => self.pos += 1,
+                (c, _) if BYTE_CLASS[c as usize] & SPACE != 0 => self.skip_class(SPACE),
                 (b'-', b'-') => {
                     while self.pos < self.src.len() && self.src[self.pos] != b'\n' {
                         self.pos += 1;
@@ -161,15 +170,57 @@ impl<'a> Lexer<'a> {
     }
 }
 
-fn is_ident_start(c: u8) -> bool {
-    c.is_ascii_alphabetic() || c == b'_' || c >= 0x80
-}
-
-fn is_ident_char(c: u8) -> bool {
-    is_ident_start(c) || c.is_ascii_digit() || c == b'$'
-}
+/// [`BYTE_CLASS`] bit: starts an identifier (letter, `_`, non-ASCII).
+const IDENT_START: u8 = 1;
+/// [`BYTE_CLASS`] bit: continues an identifier (also digits and `$`).
+const IDENT_CHAR: u8 = 2;
+/// [`BYTE_CLASS`] bit: whitespace.
+const SPACE: u8 = 4;
+/// [`BYTE_CLASS`] bit: continues a number (letters, digits, `.`).
+const NUMBER_CHAR: u8 = 8;
+/// [`BYTE_CLASS`] bit: an operator character.
+const OPERATOR: u8 = 16;
 
 const OPERATOR_CHARS: &[u8] = b"+-*/<>=~!@#%^&|`?:";
+
+/// What each byte can be, as bits: one table lookup per byte instead of a
+/// chain of comparisons (the lexer runs on every routed statement).
+/// A `static`, not a `const`: a const array indexed at run time is copied
+/// onto the stack wherever it is used.
+static BYTE_CLASS: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < 256 {
+        let c = i as u8;
+        let mut bits = 0;
+        if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
+            bits |= IDENT_START | IDENT_CHAR;
+        }
+        if c.is_ascii_digit() || c == b'$' {
+            bits |= IDENT_CHAR;
+        }
+        if c.is_ascii_alphanumeric() || c == b'.' {
+            bits |= NUMBER_CHAR;
+        }
+        if c.is_ascii_whitespace() {
+            bits |= SPACE;
+        }
+        let mut j = 0;
+        while j < OPERATOR_CHARS.len() {
+            if OPERATOR_CHARS[j] == c {
+                bits |= OPERATOR;
+            }
+            j += 1;
+        }
+        table[i] = bits;
+        i += 1;
+    }
+    table
+};
+
+fn class_of(c: u8) -> u8 {
+    BYTE_CLASS[c as usize]
+}
 
 impl Iterator for Lexer<'_> {
     type Item = Token;
@@ -203,23 +254,17 @@ impl Iterator for Lexer<'_> {
                 Kind::Param
             }
             b'$' if self.try_dollar_quote() => Kind::String,
-            c if is_ident_start(c) => {
-                while self.pos < self.src.len() && is_ident_char(self.src[self.pos]) {
-                    self.pos += 1;
-                }
+            c if class_of(c) & IDENT_START != 0 => {
+                self.skip_class(IDENT_CHAR);
                 Kind::Word
             }
             c if c.is_ascii_digit() || (c == b'.' && self.peek(1).is_ascii_digit()) => {
-                while self.pos < self.src.len()
-                    && (self.src[self.pos].is_ascii_alphanumeric() || self.src[self.pos] == b'.')
-                {
-                    self.pos += 1;
-                }
+                self.skip_class(NUMBER_CHAR);
                 Kind::Number
             }
-            c if OPERATOR_CHARS.contains(&c) => {
+            c if class_of(c) & OPERATOR != 0 => {
                 while self.pos < self.src.len()
-                    && OPERATOR_CHARS.contains(&self.src[self.pos])
+                    && class_of(self.src[self.pos]) & OPERATOR != 0
                     && !matches!((self.peek(0), self.peek(1)), (b'-', b'-') | (b'/', b'*'))
                 {
                     self.pos += 1;

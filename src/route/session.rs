@@ -74,7 +74,9 @@ const TRIGGERS: &[&[u8]] = &[
 
 /// Byte classes for [`may_have_effects`]: 0 ends a word, 1 is part of a
 /// word, 2 is part of a word and may start a trigger word.
-const BYTE_CLASS: [u8; 256] = {
+/// A `static`, not a `const`: a const array indexed at run time is copied
+/// onto the stack wherever it is used.
+static BYTE_CLASS: [u8; 256] = {
     let mut table = [0u8; 256];
     let mut i = 0;
     while i < 256 {
