@@ -421,6 +421,7 @@ async fn finish_login(
         .session(&cluster.name, &database, &user.config.name);
     let mut routing = Routing::new(
         cluster.name.clone(),
+        shared.topology.clone(),
         group,
         read_only,
         mark,

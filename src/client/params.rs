@@ -339,13 +339,22 @@ impl ClientParams {
         sql
     }
 
+    /// Whether `server` already carries this client's values (nothing to
+    /// send); remembered on the server for the next checkout.
+    pub fn carried_by(&mut self, server: &mut ServerConn) -> bool {
+        let digest = self.digest();
+        if server.applied_for == Some(digest) || !self.differs(server) {
+            server.applied_for = Some(digest);
+            return true;
+        }
+        false
+    }
+
     /// Makes `server` carry this client's values.
     /// Values the server reports back are adopted in the server's spelling
     /// ("ISO" becomes "ISO, MDY") so later comparisons match.
     pub async fn apply(&mut self, server: &mut ServerConn) -> Result<(), ServerError> {
-        let digest = self.digest();
-        if server.applied_for == Some(digest) || !self.differs(server) {
-            server.applied_for = Some(digest);
+        if self.carried_by(server) {
             return Ok(());
         }
         let (sets, resets) = self.plan(server);

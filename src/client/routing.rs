@@ -40,13 +40,15 @@ use super::session::{CloseReason, Session};
 use crate::config::{LeaderReads, PoolMode, ReadYourWrites};
 use crate::metrics::{Route, SessionMetrics};
 use crate::pool::group::PoolGroup;
-use crate::pool::pools::PooledServer;
 use crate::pool::pools::{discard, CheckoutError};
+use crate::pool::pools::{PooledServer, ServerPool};
 use crate::pool::server::ServerError;
 use crate::route::choose::{choose_reader, Rng};
 use crate::route::classify::{Summary, Target};
 use crate::route::policy::{after_begin, decide, Decision};
-use crate::topology::{now_nanos, ClusterTopology, Member, MemberState, Role};
+use crate::topology::{
+    now_nanos, ClusterTopology, Member, MemberState, Role, Topology, TopologyWatch,
+};
 use crate::wire::frame::{peek_header, read_cstr, HEADER_LEN};
 use crate::wire::messages::ProxyError;
 
@@ -95,6 +97,15 @@ pub struct Routing {
     unnamed: Option<Summary>,
     /// Unnamed Parses looked at by a scan and not yet forwarded.
     scanned_unnamed: usize,
+    /// The session's own view of the topology, and the snapshot it last
+    /// took from it: a new snapshot is taken only when one was published
+    /// (a version comparison), instead of a read lock and a reference
+    /// count shared by every session per transaction.
+    topology: TopologyWatch,
+    snapshot: Option<Arc<Topology>>,
+    /// The pool last used, kept at hand: (group epoch, member address,
+    /// pool). Saves the group's lock and map lookup per transaction.
+    pool_at_hand: Option<(u64, Arc<str>, ServerPool)>,
     /// A simple Query's text the scan found to be reads only (address and
     /// length in the client's buffer): its session-state scan is skipped.
     read_query: Option<(usize, usize)>,
@@ -113,6 +124,7 @@ pub struct Routing {
 impl Routing {
     pub fn new(
         cluster: String,
+        topology: TopologyWatch,
         group: Arc<PoolGroup>,
         read_only: bool,
         mark: Arc<WriteMark>,
@@ -136,6 +148,9 @@ impl Routing {
             unnamed: None,
             scanned_unnamed: 0,
             read_query: None,
+            topology,
+            snapshot: None,
+            pool_at_hand: None,
             rng: Rng::new(seed),
             metrics,
             route: Route::Leader,
@@ -164,6 +179,35 @@ impl Routing {
             self.transaction_started.get_or_insert(now);
         }
         self.unit_start = matches!(tag, b'S' | b'Q' | b'F');
+    }
+
+    /// The newest topology snapshot, lent out: give it back with
+    /// [`Routing::return_snapshot`].
+    fn take_snapshot(&mut self) -> Arc<Topology> {
+        let stale = self.topology.has_changed().unwrap_or(true);
+        match self.snapshot.take() {
+            Some(snapshot) if !stale => snapshot,
+            _ => self.topology.borrow_and_update().clone(),
+        }
+    }
+
+    fn return_snapshot(&mut self, snapshot: Arc<Topology>) {
+        self.snapshot = Some(snapshot);
+    }
+
+    /// The pool of `member` in this session's group.
+    pub fn pool_for(&mut self, member: &Member) -> &ServerPool {
+        let epoch = self.group.epoch();
+        let at_hand = matches!(&self.pool_at_hand,
+            Some((e, addr, _)) if *e == epoch && **addr == *member.addr);
+        if !at_hand {
+            self.pool_at_hand = None;
+        }
+        let group = &self.group;
+        let (_, _, pool) = self
+            .pool_at_hand
+            .get_or_insert_with(|| (epoch, member.addr.clone(), group.pool(member)));
+        pool
     }
 
     /// Whether `text` is the Query text the last scan found to be reads
@@ -226,6 +270,14 @@ pub(super) enum Point {
     Handled,
 }
 
+/// What the waiting-free part of a routing point found.
+enum Routed {
+    /// Decided without taking a server.
+    Point(Point),
+    /// A server of this role must be taken.
+    To(Role),
+}
+
 /// What a scan of one unit found.
 struct Unit {
     summary: Summary,
@@ -243,19 +295,36 @@ impl Session<'_> {
     /// At a message that may start a unit: make sure the right server is
     /// held. `ready` counts bytes of earlier messages not yet queued; they
     /// are queued first whenever the held server may change.
+    ///
+    /// What needs no waiting is decided first ([`Session::route_decision`]);
+    /// the common case of transaction pooling, an idle server of the right
+    /// role in the pool, is then served without waiting
+    /// ([`Session::take_server_now`]); only the rest becomes a future
+    /// (boxed: taking a server may wait, and every idle client's task
+    /// would otherwise carry that future's space).
     pub(super) async fn route_point(
         &mut self,
         ready: &mut usize,
         tag: u8,
     ) -> Result<Point, CloseReason> {
+        match self.route_decision(ready, tag) {
+            Routed::Point(point) => Ok(point),
+            Routed::To(role) if self.take_server_now(role) => Ok(self.request_started()),
+            Routed::To(role) => Box::pin(self.route_to(role, ready, tag)).await,
+        }
+    }
+
+    /// The part of a routing point that needs no waiting: whether the
+    /// held server serves the unit, or which role must serve it.
+    fn route_decision(&mut self, ready: &mut usize, tag: u8) -> Routed {
         let held = self.server.is_some();
         if held && (!self.routing.unit_start || self.pinned || !UNIT_TAGS.contains(&tag)) {
-            return Ok(Point::Go);
+            return Routed::Point(Point::Go);
         }
         let quiescent = held && self.server_quiescent();
         if quiescent && self.server.as_ref().is_some_and(|s| s.status != b'I') {
             // Inside a transaction: the unit belongs to it.
-            return Ok(Point::Go);
+            return Routed::Point(Point::Go);
         }
         let decision = if UNIT_TAGS.contains(&tag) {
             self.decide_unit(*ready, tag)
@@ -263,13 +332,15 @@ impl Session<'_> {
             None
         };
         let target = match decision {
-            None if held => return Ok(self.go_with_deferred_begin()),
+            None if held => return Routed::Point(self.go_with_deferred_begin()),
             None if self.routing.read_only => Target::Replica,
             None => Target::Leader,
-            Some(Decision::DeferBegin) if held && !quiescent => return Ok(Point::Blocked),
+            Some(Decision::DeferBegin) if held && !quiescent => {
+                return Routed::Point(Point::Blocked)
+            }
             Some(Decision::DeferBegin) => {
                 self.defer_begin(ready);
-                return Ok(Point::Handled);
+                return Routed::Point(Point::Handled);
             }
             Some(Decision::To(t)) => t,
         };
@@ -279,15 +350,28 @@ impl Session<'_> {
         };
         if held {
             if self.routing.held == Some(role) {
-                return Ok(self.go_with_deferred_begin());
+                return Routed::Point(self.go_with_deferred_begin());
             }
             if !quiescent {
-                return Ok(if self.routing.held == Some(Role::Leader) {
+                return Routed::Point(if self.routing.held == Some(Role::Leader) {
                     self.go_with_deferred_begin()
                 } else {
                     Point::Blocked
                 });
             }
+        }
+        Routed::To(role)
+    }
+
+    /// The rest of a routing point: lets go of a server of the other role
+    /// and takes one for `role`, waiting as long as that takes.
+    async fn route_to(
+        &mut self,
+        role: Role,
+        ready: &mut usize,
+        tag: u8,
+    ) -> Result<Point, CloseReason> {
+        if self.server.is_some() {
             self.queue_client_messages(*ready);
             *ready = 0;
             self.let_go_of_server().await;
@@ -295,10 +379,59 @@ impl Session<'_> {
         if !self.take_server(role, tag).await? {
             return Ok(Point::Handled);
         }
+        Ok(self.request_started())
+    }
+
+    /// A request starts on a freshly taken server: it may be sent again
+    /// until the client hears anything.
+    fn request_started(&mut self) -> Point {
         let begin = self.routing.deferred_begin.clone();
         let complete = self.routing.unit_complete;
         self.replay.start(self.to_client.pushed(), begin, complete);
-        Ok(self.go_with_deferred_begin())
+        self.go_with_deferred_begin()
+    }
+
+    /// Takes a server for `role` without waiting, when the session holds
+    /// none and has none parked (session mode), pgsplit is not paused, the topology names a member, its pool
+    /// has an idle server whose role checks out, and that server already
+    /// carries the client's settings. Anything else returns false and is
+    /// left to [`Session::take_server`], which handles every case.
+    fn take_server_now(&mut self, role: Role) -> bool {
+        if self.server.is_some() || self.routing.parked.is_some() || self.shared.is_paused() {
+            return false;
+        }
+        let snapshot = self.routing.take_snapshot();
+        let taken = self.take_idle_server(&snapshot, role);
+        self.routing.return_snapshot(snapshot);
+        taken
+    }
+
+    /// [`Session::take_server_now`] with a topology snapshot at hand.
+    fn take_idle_server(&mut self, snapshot: &Topology, role: Role) -> bool {
+        let Some(cluster) = snapshot.cluster(&self.routing.cluster) else {
+            return false;
+        };
+        let Ok(member) = self.pick_member(cluster, role) else {
+            return false;
+        };
+        let Some(mut server) = self.routing.pool_for(member).checkout_idle() else {
+            return false;
+        };
+        let role_agrees = !matches!(
+            (member.role, server.in_hot_standby()),
+            (Role::Leader, Some(true)) | (Role::Replica, Some(false))
+        );
+        if !role_agrees || !self.login.params.carried_by(&mut server) {
+            // Back to the pool; the slow path takes it again and deals
+            // with it.
+            drop(server);
+            return false;
+        }
+        self.routing
+            .metrics
+            .checkout_wait(member.role == Role::Leader, 0.0);
+        self.held(server, member, role);
+        true
     }
 
     /// Goes on with the held server, sending a deferred BEGIN ahead of the
@@ -533,7 +666,7 @@ impl Session<'_> {
                 }
                 self.routing.parked = Some((server, parked_role));
             }
-            let pool = self.routing.group.pool(&member);
+            let pool = self.routing.pool_for(&member).clone();
             self.login.entry.set_state(ClientState::Waiting);
             if self.shared.is_paused() {
                 self.shared.wait_while_paused().await;
@@ -646,6 +779,12 @@ impl Session<'_> {
         wanted: Role,
     ) -> Result<(), CloseReason> {
         let server = self.prepare_server(server).await?;
+        self.held(server, member, wanted);
+        Ok(())
+    }
+
+    /// Holds `server`, which carries the client's settings.
+    fn held(&mut self, server: PooledServer, member: &Member, wanted: Role) {
         self.routing.route = match (wanted, member.role) {
             (Role::Replica, Role::Leader) => Route::Fallback,
             (_, Role::Leader) => Route::Leader,
@@ -656,7 +795,6 @@ impl Session<'_> {
         self.routing.held_member = Some(member.state.clone());
         self.login.cancel.hold(server.cancel_target());
         self.server = Some(server);
-        Ok(())
     }
 
     /// The member for `role`: the leader, or a replica chosen among those

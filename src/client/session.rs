@@ -434,9 +434,7 @@ impl Session<'_> {
                 }
             }
             if self.server.is_none() || self.routing.unit_start {
-                // Boxed: taking a server waits on the pool, and every idle
-                // client's task would otherwise carry that future's space.
-                match Box::pin(self.route_point(&mut ready, header.tag)).await? {
+                match self.route_point(&mut ready, header.tag).await? {
                     Point::Go => {}
                     Point::Handled => {
                         // The message was answered, not forwarded: what

@@ -60,16 +60,27 @@ impl CancelSlot {
     /// closed, not pooled.
     pub async fn release(&self) -> bool {
         loop {
+            // Looked at first without a waiter: nearly always nothing is
+            // in flight.
+            if let Some(sent) = self.try_release() {
+                return sent;
+            }
             let notified = self.delivered.notified();
-            {
-                let mut state = self.lock();
-                if state.in_flight == 0 {
-                    state.target = None;
-                    return std::mem::take(&mut state.sent_to_target);
-                }
+            if let Some(sent) = self.try_release() {
+                return sent;
             }
             notified.await;
         }
+    }
+
+    /// [`CancelSlot::release`] when no cancel is on its way.
+    fn try_release(&self) -> Option<bool> {
+        let mut state = self.lock();
+        if state.in_flight != 0 {
+            return None;
+        }
+        state.target = None;
+        Some(std::mem::take(&mut state.sent_to_target))
     }
 
     /// The client starts waiting for a server connection: a cancel now

@@ -4,6 +4,7 @@
 //! every group, sweeps idle connections and closes everything at shutdown.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -47,12 +48,20 @@ pub struct PoolGroup {
     /// Password and settings new pools are made with (a reload changes them).
     spec: Mutex<(Arc<str>, PoolSettings)>,
     pools: Mutex<HashMap<Arc<str>, ServerPool>>,
+    /// Bumped when the pools are renewed: sessions that keep a pool at
+    /// hand look it up again.
+    epoch: AtomicU64,
 }
 
 impl PoolGroup {
     /// (database, user) of this group.
     pub fn names(&self) -> (Arc<str>, Arc<str>) {
         (self.database.clone(), self.user.clone())
+    }
+
+    /// Changes whenever the pools are renewed (a reload).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// The pool for `member`, created on first use.
@@ -94,6 +103,7 @@ impl PoolGroup {
         }
         *spec = (password, settings.clone());
         drop(spec);
+        self.epoch.fetch_add(1, Ordering::AcqRel);
         let old: Vec<ServerPool> = self
             .pools
             .lock()
@@ -135,6 +145,7 @@ impl Pools {
                     user: user.into(),
                     spec: Mutex::new((password.into(), self.settings().clone())),
                     pools: Mutex::new(HashMap::new()),
+                    epoch: AtomicU64::new(0),
                 })
             })
             .clone()

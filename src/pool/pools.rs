@@ -183,6 +183,17 @@ impl ServerPool {
         }
     }
 
+    /// An idle connection, without waiting: the common checkout. `None`
+    /// when none is pooled (then [`ServerPool::checkout`] waits).
+    pub fn checkout_idle(&self) -> Option<PooledServer> {
+        loop {
+            let conn = self.slots().take_idle()?;
+            if let Some(conn) = self.usable(conn) {
+                return Some(self.lend(conn));
+            }
+        }
+    }
+
     /// A server only if one is idle or can be opened right now.
     pub async fn checkout_now(&self) -> Option<PooledServer> {
         let reserved = loop {

@@ -87,6 +87,15 @@ impl<T, E> Slots<T, E> {
         Err(self.waiters.is_empty() && self.reserve())
     }
 
+    /// Lends the newest idle connection, if there is one (there is none
+    /// while anyone waits). Never queues and never reserves.
+    pub fn take_idle(&mut self) -> Option<T> {
+        if self.closed {
+            return None;
+        }
+        self.idle.pop().map(|idle| idle.conn)
+    }
+
     /// Reserves a slot for a connection about to be opened, if the pool
     /// has room.
     fn reserve(&mut self) -> bool {
@@ -244,6 +253,20 @@ mod tests {
         drop(b);
         assert!(!s.open_failed("refused"), "nobody waits any more");
         assert_eq!(s.counts(), (0, 0, 0));
+    }
+
+    #[test]
+    fn take_idle_never_queues() {
+        let mut s: Slots<u32, ()> = Slots::new(1);
+        assert_eq!(s.take_idle(), None);
+        assert_eq!(s.counts(), (0, 0, 0), "nothing reserved, nobody queued");
+        s.open = 1;
+        s.give_back(7, Instant::now());
+        assert_eq!(s.take_idle(), Some(7));
+        assert_eq!(s.take_idle(), None);
+        s.give_back(7, Instant::now());
+        s.close();
+        assert_eq!(s.take_idle(), None, "a closed pool lends nothing");
     }
 
     #[test]
