@@ -108,7 +108,7 @@ pub struct Routing {
     pool_at_hand: Option<(u64, Arc<str>, ServerPool)>,
     /// A simple Query's text the scan found to be reads only (address and
     /// length in the client's buffer): its session-state scan is skipped.
-    read_query: Option<(usize, usize)>,
+    read_query: Option<(usize, u32)>,
     rng: Rng,
     /// Counters and timers of this (cluster, database, user).
     pub metrics: Arc<SessionMetrics>,
@@ -213,7 +213,8 @@ impl Routing {
     /// Whether `text` is the Query text the last scan found to be reads
     /// only; forgets it either way.
     pub fn take_read_query(&mut self, text: &[u8]) -> bool {
-        self.read_query.take() == Some((text.as_ptr() as usize, text.len()))
+        let len = u32::try_from(text.len()).unwrap_or(u32::MAX);
+        self.read_query.take() == Some((text.as_ptr() as usize, len))
     }
 
     /// The held server reported `in_hot_standby`: the member's role as it
@@ -495,9 +496,9 @@ impl Session<'_> {
             let body = input.get(HEADER_LEN..).unwrap_or_default();
             let text = read_cstr(body).map_or(&[][..], |(t, _)| t);
             let summary = self.classify_text(text, key);
-            self.routing.read_query = summary
-                .only_reads
-                .then_some((text.as_ptr() as usize, text.len()));
+            let len = u32::try_from(text.len()).unwrap_or(u32::MAX);
+            self.routing.read_query =
+                (summary.only_reads && len < u32::MAX).then_some((text.as_ptr() as usize, len));
             return Unit {
                 summary,
                 neutral: false,

@@ -122,7 +122,9 @@ pub struct ClientStatements {
     /// JDBC below its prepare threshold) send the same text again and
     /// again; a comparison then replaces a classification. Survives a
     /// simple Query, which only destroys the statement itself.
-    recent: Option<(Bytes, Summary, ClassifyKey)>,
+    /// Boxed: most clients never send an unnamed Parse, and every idle
+    /// client would carry the room.
+    recent: Option<Box<(Bytes, Summary, ClassifyKey)>>,
 }
 
 impl ClientStatements {
@@ -153,7 +155,7 @@ impl ClientStatements {
     /// The classification of the last unnamed Parse when `body` is that
     /// Parse's body again, classified under the same `key`.
     pub fn recent_summary(&self, body: &[u8], key: ClassifyKey) -> Option<Summary> {
-        match &self.recent {
+        match self.recent.as_deref() {
             Some((b, summary, k)) if *k == key && b[..] == *body => Some(*summary),
             _ => None,
         }
@@ -164,11 +166,14 @@ impl ClientStatements {
     /// once per distinct text, so it does not hold the client's read
     /// buffer.
     pub fn set_unnamed(&mut self, body: &[u8], summary: Summary, key: ClassifyKey) -> u64 {
-        let body = match &self.recent {
+        let body = match self.recent.as_deref() {
             Some((b, _, _)) if b[..] == *body => b.clone(),
             _ => Bytes::copy_from_slice(body),
         };
-        self.recent = Some((body.clone(), summary, key));
+        match self.recent.as_deref_mut() {
+            Some(recent) => *recent = (body.clone(), summary, key),
+            None => self.recent = Some(Box::new((body.clone(), summary, key))),
+        }
         self.unnamed_seq += 1;
         self.unnamed = Some((body, self.unnamed_seq));
         self.unnamed_seq
