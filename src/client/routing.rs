@@ -393,10 +393,11 @@ impl Session<'_> {
     }
 
     /// Takes a server for `role` without waiting, when the session holds
-    /// none and has none parked (session mode), pgsplit is not paused, the topology names a member, its pool
-    /// has an idle server whose role checks out, and that server already
-    /// carries the client's settings. Anything else returns false and is
-    /// left to [`Session::take_server`], which handles every case.
+    /// none and has none parked (session mode), pgsplit is not paused,
+    /// the topology names a member, its pool has an idle server whose role
+    /// checks out, and that server already carries the client's settings.
+    /// Anything else returns false and is left to
+    /// [`Session::take_server`], which handles every case.
     fn take_server_now(&mut self, role: Role) -> bool {
         if self.server.is_some() || self.routing.parked.is_some() || self.shared.is_paused() {
             return false;
