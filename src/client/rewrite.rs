@@ -47,10 +47,7 @@ impl Session<'_> {
     /// Classifies statement text under `key` (text that is not UTF-8
     /// goes to the leader).
     pub(super) fn classify_text(&self, text: &[u8], key: ClassifyKey) -> Summary {
-        std::str::from_utf8(text).map_or_else(
-            |_| Summary::leader(),
-            |t| self.shared.classifier.load().classify(t, key.1),
-        )
+        classify(self.shared, text, key)
     }
 
     /// Whether the server holds the client's current unnamed statement.
@@ -335,12 +332,11 @@ impl Session<'_> {
         let query = leading_name(&rest);
         let key = self.classify_key();
         if name.is_empty() {
-            let summary = match self.statements.recent_summary(&rest, key) {
-                Some(summary) => summary,
-                None => self.classify_text(query, key),
-            };
+            let shared = self.shared;
+            let (seq, summary) = self
+                .statements
+                .set_unnamed(&rest, key, || classify(shared, query, key));
             self.pin_for_parse(query, summary);
-            let seq = self.statements.set_unnamed(&rest, summary, key);
             if let Some(server) = self.server.as_deref_mut() {
                 server.unnamed_owner = Some((self.login.client_id, seq));
             }
@@ -426,6 +422,15 @@ impl Session<'_> {
         self.statements.remove(&String::from_utf8_lossy(name));
         self.tracker.synthetic(Synthetic::CloseComplete);
     }
+}
+
+/// Classifies statement text under `key` (text that is not UTF-8 goes to
+/// the leader).
+fn classify(shared: &crate::proxy::Shared, text: &[u8], key: ClassifyKey) -> Summary {
+    std::str::from_utf8(text).map_or_else(
+        |_| Summary::leader(),
+        |t| shared.classifier.load().classify(t, key.1),
+    )
 }
 
 /// The statement name in a single `DEALLOCATE [PREPARE] name` query body.

@@ -210,6 +210,12 @@ impl Routing {
         pool
     }
 
+    /// Forgets the Query text the last scan noted (its message was not
+    /// forwarded).
+    pub fn forget_read_query(&mut self) {
+        self.read_query = None;
+    }
+
     /// Whether `text` is the Query text the last scan found to be reads
     /// only; forgets it either way.
     pub fn take_read_query(&mut self, text: &[u8]) -> bool {

@@ -439,11 +439,11 @@ impl Session<'_> {
                     Point::Handled => {
                         // The message was answered, not forwarded: what
                         // its scan noted is void.
-                        self.routing.take_read_query(&[]);
+                        self.routing.forget_read_query();
                         continue;
                     }
                     Point::Blocked => {
-                        self.routing.take_read_query(&[]);
+                        self.routing.forget_read_query();
                         self.routing.blocked = true;
                         break;
                     }

@@ -161,14 +161,22 @@ impl ClientStatements {
         }
     }
 
-    /// The client parsed a new unnamed statement (`summary` is what its
-    /// text is, under `key`); returns its sequence. The body is copied
-    /// once per distinct text, so it does not hold the client's read
-    /// buffer.
-    pub fn set_unnamed(&mut self, body: &[u8], summary: Summary, key: ClassifyKey) -> u64 {
-        let body = match self.recent.as_deref() {
-            Some((b, _, _)) if b[..] == *body => b.clone(),
-            _ => Bytes::copy_from_slice(body),
+    /// The client parsed a new unnamed statement with `body`; returns its
+    /// sequence and what its text is: the kept classification when the
+    /// body is the last one's again under the same `key`, else
+    /// `classify()`. The body is copied once per distinct text, so it does
+    /// not hold the client's read buffer.
+    pub fn set_unnamed(
+        &mut self,
+        body: &[u8],
+        key: ClassifyKey,
+        classify: impl FnOnce() -> Summary,
+    ) -> (u64, Summary) {
+        let (body, summary) = match self.recent.as_deref() {
+            Some((b, summary, k)) if b[..] == *body => {
+                (b.clone(), if *k == key { *summary } else { classify() })
+            }
+            _ => (Bytes::copy_from_slice(body), classify()),
         };
         match self.recent.as_deref_mut() {
             Some(recent) => *recent = (body.clone(), summary, key),
@@ -176,7 +184,7 @@ impl ClientStatements {
         }
         self.unnamed_seq += 1;
         self.unnamed = Some((body, self.unnamed_seq));
-        self.unnamed_seq
+        (self.unnamed_seq, summary)
     }
 
     /// A simple Query destroys the unnamed statement.
@@ -218,7 +226,7 @@ mod tests {
         assert_eq!(c.get("s1").unwrap().id, s.id);
         assert!(c.remove("s1"));
         assert!(!c.remove("s1"));
-        let seq = c.set_unnamed(b"x", Summary::default(), (0, true));
+        let (seq, _) = c.set_unnamed(b"x", (0, true), Summary::default);
         assert_eq!(c.unnamed().unwrap().1, seq);
         c.drop_unnamed();
         assert!(c.unnamed().is_none());
@@ -229,7 +237,7 @@ mod tests {
         let mut c = ClientStatements::default();
         let write = Summary::leader();
         assert_eq!(c.recent_summary(b"INSERT\0\0\0", (0, true)), None);
-        c.set_unnamed(b"INSERT\0\0\0", write, (0, true));
+        c.set_unnamed(b"INSERT\0\0\0", (0, true), || write);
         c.drop_unnamed();
         assert_eq!(c.recent_summary(b"INSERT\0\0\0", (0, true)), Some(write));
         assert_eq!(
@@ -243,8 +251,13 @@ mod tests {
             "other string rules"
         );
         assert_eq!(c.recent_summary(b"SELECT\0\0\0", (0, true)), None);
-        let first = c.set_unnamed(b"INSERT\0\0\0", write, (0, true));
-        let second = c.set_unnamed(b"INSERT\0\0\0", write, (0, true));
+        let (first, _) = c.set_unnamed(b"INSERT\0\0\0", (0, true), || write);
+        let (second, kept) = c.set_unnamed(b"INSERT\0\0\0", (0, true), || {
+            panic!("the same text under the same key is not classified again")
+        });
         assert_ne!(first, second, "each Parse is a new unnamed statement");
+        assert_eq!(kept, write);
+        let (_, fresh) = c.set_unnamed(b"INSERT\0\0\0", (1, true), Summary::default);
+        assert_eq!(fresh, Summary::default(), "a new key classifies again");
     }
 }

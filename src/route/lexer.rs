@@ -69,7 +69,7 @@ impl<'a> Lexer<'a> {
         let rest = &self.src[self.pos.min(self.src.len())..];
         self.pos += rest
             .iter()
-            .position(|&c| BYTE_CLASS[c as usize] & class == 0)
+            .position(|&c| class_of(c) & class == 0)
             .unwrap_or(rest.len());
     }
 
@@ -77,7 +77,7 @@ impl<'a> Lexer<'a> {
     fn skip_trivia(&mut self) {
         loop {
             match (self.peek(0), self.peek(1)) {
-                (c, _) if BYTE_CLASS[c as usize] & SPACE != 0 => self.skip_class(SPACE),
+                (c, _) if class_of(c) & SPACE != 0 => self.skip_class(SPACE),
                 (b'-', b'-') => {
                     while self.pos < self.src.len() && self.src[self.pos] != b'\n' {
                         self.pos += 1;
