@@ -9,6 +9,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod demo;
+pub mod fasthash;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;

@@ -7,6 +7,7 @@
 //! pooled statements it has prepared ([`crate::pool::server::Prepared`]),
 //! so a Parse is sent only to a server that lacks the statement.
 
+use crate::fasthash::FastMap;
 use bytes::Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -112,7 +113,7 @@ pub type ClassifyKey = (u64, bool);
 /// One client's statement names.
 #[derive(Default)]
 pub struct ClientStatements {
-    named: HashMap<String, Arc<Statement>>,
+    named: FastMap<String, Arc<Statement>>,
     /// Body of the client's unnamed statement, and a sequence number that
     /// tells servers apart that hold an older one.
     unnamed: Option<(Bytes, u64)>,

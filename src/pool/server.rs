@@ -84,7 +84,7 @@ impl CancelTarget {
 /// full, the least recently used one is evicted (and closed on the server).
 #[derive(Debug, Default)]
 pub struct Prepared {
-    last_used: std::collections::HashMap<u64, u64>,
+    last_used: crate::fasthash::FastMap<u64, u64>,
     tick: u64,
 }
 
