@@ -1,9 +1,12 @@
-//! The SQL lexer and the recognition of session-state statements, with
-//! both settings of standard_conforming_strings.
+//! The SQL lexer, the recognition of session-state statements and the
+//! read/write classification, with both settings of
+//! standard_conforming_strings. Wherever the one-pass classifier reads a
+//! text itself, it must agree with the token-based one.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pgsplit::route::{lexer, session};
+use pgsplit::route::classify::Classifier;
+use pgsplit::route::{lexer, quick, session};
 
 fuzz_target!(|data: &[u8]| {
     let _ = session::may_have_effects(data);
@@ -15,6 +18,10 @@ fuzz_target!(|data: &[u8]| {
                 }
             }
             let _ = session::effects(text, scs);
+            let classifier = Classifier::new(["audit.log_event"]);
+            if let Some(summary) = quick::single_statement(&classifier, text, scs) {
+                assert_eq!(summary, classifier.classify_tokens(text, scs), "{text:?}");
+            }
         }
     }
 });

@@ -134,8 +134,17 @@ impl Classifier {
         }
     }
 
-    /// Classifies every statement of `sql`.
+    /// Classifies every statement of `sql`: the common plain read in one
+    /// pass over its bytes ([`super::quick`]), anything else token by token.
     pub fn classify(&self, sql: &str, standard_conforming_strings: bool) -> Summary {
+        super::quick::single_statement(self, sql, standard_conforming_strings)
+            .unwrap_or_else(|| self.classify_tokens(sql, standard_conforming_strings))
+    }
+
+    /// Classifies every statement of `sql` from its tokens: what
+    /// [`Classifier::classify`] does for text the one-pass path gives up
+    /// on. Public so that tests and the fuzz target can compare the two.
+    pub fn classify_tokens(&self, sql: &str, standard_conforming_strings: bool) -> Summary {
         let mut summary = Summary {
             hint: leading_hint(sql),
             ..Summary::default()
@@ -173,7 +182,8 @@ impl Classifier {
         summary
     }
 
-    fn writes(&self, name: &str) -> bool {
+    /// Whether calling function `name` (last component) writes.
+    pub(super) fn writes(&self, name: &str) -> bool {
         WRITE_FUNCTIONS.iter().any(|f| name.eq_ignore_ascii_case(f))
             || WRITE_FUNCTION_PREFIXES.iter().any(|p| {
                 name.len() >= p.len()
@@ -253,13 +263,9 @@ impl StatementScan {
         }
         match token.kind {
             Kind::Word => {
-                let word = token.text(sql);
-                let is_any = |words: &[&str]| words.iter().any(|w| word.eq_ignore_ascii_case(w));
-                // A write keyword anywhere, or a row lock (`FOR UPDATE` is
-                // caught by UPDATE; `FOR SHARE/KEY SHARE/NO KEY UPDATE` here).
-                self.writes = is_any(&["insert", "update", "delete", "merge", "into"])
-                    || (previous.is_some_and(|p| p.is_word(sql, "for"))
-                        && is_any(&["share", "key", "no"]));
+                // A write keyword anywhere, or a row lock.
+                let after_for = previous.is_some_and(|p| p.is_word(sql, "for"));
+                self.writes = super::quick::writes_word(token.text(sql).as_bytes(), after_for);
             }
             Kind::Punct(b'(') => {
                 if let Some(p) = previous {

@@ -66,11 +66,7 @@ impl<'a> Lexer<'a> {
 
     /// Advances past every byte of class `class` (a [`BYTE_CLASS`] bit).
     fn skip_class(&mut self, class: u8) {
-        let rest = &self.src[self.pos.min(self.src.len())..];
-        self.pos += rest
-            .iter()
-            .position(|&c| class_of(c) & class == 0)
-            .unwrap_or(rest.len());
+        self.pos = skip_class(self.src, self.pos, class);
     }
 
     /// Skips whitespace and comments.
@@ -171,15 +167,15 @@ impl<'a> Lexer<'a> {
 }
 
 /// [`BYTE_CLASS`] bit: starts an identifier (letter, `_`, non-ASCII).
-const IDENT_START: u8 = 1;
+pub(super) const IDENT_START: u8 = 1;
 /// [`BYTE_CLASS`] bit: continues an identifier (also digits and `$`).
-const IDENT_CHAR: u8 = 2;
+pub(super) const IDENT_CHAR: u8 = 2;
 /// [`BYTE_CLASS`] bit: whitespace.
-const SPACE: u8 = 4;
+pub(super) const SPACE: u8 = 4;
 /// [`BYTE_CLASS`] bit: continues a number (letters, digits, `.`).
-const NUMBER_CHAR: u8 = 8;
+pub(super) const NUMBER_CHAR: u8 = 8;
 /// [`BYTE_CLASS`] bit: an operator character.
-const OPERATOR: u8 = 16;
+pub(super) const OPERATOR: u8 = 16;
 
 const OPERATOR_CHARS: &[u8] = b"+-*/<>=~!@#%^&|`?:";
 
@@ -218,8 +214,20 @@ static BYTE_CLASS: [u8; 256] = {
     table
 };
 
-fn class_of(c: u8) -> u8 {
+/// The [`BYTE_CLASS`] bits of `c`.
+pub(super) fn class_of(c: u8) -> u8 {
     BYTE_CLASS[c as usize]
+}
+
+/// The first position at or after `pos` whose byte is not of class
+/// `class` (a [`BYTE_CLASS`] bit); `src.len()` when there is none.
+pub(super) fn skip_class(src: &[u8], pos: usize, class: u8) -> usize {
+    let rest = src.get(pos..).unwrap_or_default();
+    pos.min(src.len())
+        + rest
+            .iter()
+            .position(|&c| class_of(c) & class == 0)
+            .unwrap_or(rest.len())
 }
 
 impl Iterator for Lexer<'_> {

@@ -1,5 +1,5 @@
 //! Where statements go: a lexer ([`lexer`]), read/write classification
-//! ([`classify`]), the routing rules ([`policy`]), the choice among
+//! ([`classify`], with a one-pass path for plain reads in [`quick`]), the routing rules ([`policy`]), the choice among
 //! replicas ([`choose`]), and the recognition of statements that change
 //! session state ([`session`]).
 
@@ -7,4 +7,5 @@ pub mod choose;
 pub mod classify;
 pub mod lexer;
 pub mod policy;
+pub mod quick;
 pub mod session;

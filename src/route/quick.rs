@@ -1,0 +1,348 @@
+//! One pass over the bytes for the statement applications send most: a
+//! single SELECT / VALUES / TABLE / SHOW / WITH / EXPLAIN made of words,
+//! numbers, operators, `$n` parameters, plain string literals and quoted
+//! names, with at most a trailing semicolon.
+//!
+//! It decides exactly as the token-based classifier
+//! ([`super::classify::Classifier`]) would, without building tokens: for
+//! pgbench's simple-protocol SELECT it costs about a third of the
+//! instructions, and classification runs on every simple Query. Anything
+//! else gives up (`None`) and goes the token way: comments (they may hold a
+//! routing hint), dollar quotes, `E''` strings, strings when
+//! standard_conforming_strings is off, non-ASCII text outside literals,
+//! unterminated literals, several statements, and statements that start
+//! otherwise.
+
+use super::classify::{Class, Classifier, Summary};
+use super::lexer::{class_of, skip_class, IDENT_CHAR, IDENT_START, NUMBER_CHAR, OPERATOR, SPACE};
+
+/// The words that open a statement that may only read.
+const READ_OPENERS: &[&[u8]] = &[b"select", b"values", b"table", b"show", b"with", b"explain"];
+
+/// The summary of `sql` when it is one statement of the plain shape this
+/// module reads; `None` sends it to the token-based classifier.
+pub fn single_statement(
+    classifier: &Classifier,
+    sql: &str,
+    standard_conforming_strings: bool,
+) -> Option<Summary> {
+    let src = sql.as_bytes();
+    let mut pos = skip_class(src, 0, SPACE);
+    let first_end = word_end(src, pos)?;
+    let first = &src[pos..first_end];
+    if !READ_OPENERS.iter().any(|w| first.eq_ignore_ascii_case(w)) {
+        return None;
+    }
+    // The previous token as the next one may need it: a name that a `(`
+    // makes a function call, and whether it was the word FOR.
+    let mut name = Some((pos, first_end));
+    let mut after_for = false;
+    let mut writes = false;
+    pos = first_end;
+    loop {
+        pos = skip_class(src, pos, SPACE);
+        let Some(&c) = src.get(pos) else { break };
+        let next = src.get(pos + 1).copied().unwrap_or(0);
+        let (end, this_name, is_for) = if c >= 0x80 {
+            return None;
+        } else if class_of(c) & IDENT_START != 0 {
+            let end = word_end(src, pos)?;
+            let word = &src[pos..end];
+            writes |= writes_word(word, after_for);
+            (end, Some((pos, end)), word.eq_ignore_ascii_case(b"for"))
+        } else if c.is_ascii_digit() || (c == b'.' && next.is_ascii_digit()) {
+            (skip_class(src, pos, NUMBER_CHAR), None, false)
+        } else if c == b'\'' && standard_conforming_strings {
+            (closing(src, pos, b'\'')?, None, false)
+        } else if c == b'"' {
+            let end = closing(src, pos, b'"')?;
+            (end, Some((pos, end)), false)
+        } else if c == b'$' && next.is_ascii_digit() {
+            (
+                pos + 1
+                    + src[pos + 1..]
+                        .iter()
+                        .take_while(|b| b.is_ascii_digit())
+                        .count(),
+                None,
+                false,
+            )
+        } else if class_of(c) & OPERATOR != 0 {
+            (operator_end(src, pos)?, None, false)
+        } else if c == b';' {
+            // Only a trailing semicolon: more text is another statement.
+            if skip_class(src, pos + 1, SPACE) != src.len() {
+                return None;
+            }
+            break;
+        } else if matches!(c, b'\'' | b'$') {
+            return None;
+        } else {
+            if c == b'(' {
+                if let Some((s, e)) = name {
+                    let called = sql[s..e].trim_matches('"');
+                    writes |= classifier.writes(called);
+                }
+            }
+            (pos + 1, None, false)
+        };
+        pos = end;
+        name = this_name;
+        after_for = is_for;
+    }
+    let class = if writes { Class::Write } else { Class::Read };
+    Some(Summary {
+        first: Some(class),
+        only_reads: !writes,
+        ..Summary::default()
+    })
+}
+
+/// True for a word that makes a statement that started as a read write:
+/// INSERT, UPDATE, DELETE, MERGE, INTO anywhere, and SHARE, KEY or NO right
+/// after FOR (`FOR SHARE`, `FOR KEY SHARE`, `FOR NO KEY UPDATE`; `FOR
+/// UPDATE` is caught by UPDATE).
+pub fn writes_word(word: &[u8], after_for: bool) -> bool {
+    let is = |w: &[u8]| word.eq_ignore_ascii_case(w);
+    match word.len() {
+        2 => after_for && is(b"no"),
+        3 => after_for && is(b"key"),
+        4 => is(b"into"),
+        5 => is(b"merge") || (after_for && is(b"share")),
+        6 => is(b"insert") || is(b"update") || is(b"delete"),
+        _ => false,
+    }
+}
+
+/// The end of the unquoted word at `pos`; `None` when no word starts there
+/// or it is the `E` of an `E'...'` string.
+fn word_end(src: &[u8], pos: usize) -> Option<usize> {
+    let c = *src.get(pos)?;
+    if c >= 0x80 || class_of(c) & IDENT_START == 0 {
+        return None;
+    }
+    if matches!(c, b'e' | b'E') && src.get(pos + 1) == Some(&b'\'') {
+        return None;
+    }
+    Some(skip_class(src, pos, IDENT_CHAR))
+}
+
+/// The end of the literal opened by `quote` at `pos` (a doubled quote is
+/// part of it); `None` when it does not end.
+fn closing(src: &[u8], pos: usize, quote: u8) -> Option<usize> {
+    let mut at = pos + 1;
+    loop {
+        at += src.get(at..)?.iter().position(|&b| b == quote)?;
+        if src.get(at + 1) == Some(&quote) {
+            at += 2;
+        } else {
+            return Some(at + 1);
+        }
+    }
+}
+
+/// The end of the operator at `pos`; `None` when a comment starts in it.
+fn operator_end(src: &[u8], pos: usize) -> Option<usize> {
+    let end = skip_class(src, pos, OPERATOR);
+    let run = &src[pos..end];
+    let comment = run.windows(2).any(|pair| pair == b"--" || pair == b"/*");
+    if comment {
+        return None;
+    }
+    Some(end)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn both(sql: &str, standard: bool) -> (Option<Summary>, Summary) {
+        let c = Classifier::new(["audit.log_event"]);
+        (
+            single_statement(&c, sql, standard),
+            c.classify_tokens(sql, standard),
+        )
+    }
+
+    /// The texts this module must read itself, and agree on.
+    const PLAIN: &[&str] = &[
+        "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;",
+        "select abalance from pgbench_accounts where aid = $1",
+        "  SELECT 1  ;  ",
+        "VALUES (1), (2)",
+        "TABLE t",
+        "SHOW search_path",
+        "WITH a AS (SELECT 1) SELECT * FROM a",
+        "EXPLAIN SELECT * FROM t",
+        "SELECT 'insert into x', \"update\" FROM t",
+        "SELECT 'it''s', \"a\"\"b\" FROM t",
+        "SELECT substring(x FOR 3) FROM t",
+        "SELECT lower(x), now(), 1.5e3, .5, x::int, a<>b FROM t",
+        "SELECT \"users\".\"id\" FROM \"users\" WHERE \"users\".\"org\" = $1 LIMIT $2",
+        "SELECT * FROM t FOR UPDATE",
+        "SELECT * FROM t FOR NO KEY UPDATE",
+        "SELECT * FROM t FOR SHARE",
+        "SELECT * FROM t FOR KEY SHARE",
+        "SELECT * FROM t FOR (share)",
+        "SELECT * INTO new_t FROM t",
+        "WITH d AS (DELETE FROM t RETURNING *) SELECT * FROM d",
+        "EXPLAIN ANALYZE INSERT INTO t VALUES (1)",
+        "SELECT nextval('s')",
+        "SELECT nextval ('s')",
+        "SELECT pg_catalog.setval('s', 1)",
+        "SELECT pg_try_advisory_xact_lock(1)",
+        "SELECT audit.log_event('x')",
+        "SELECT \"nextval\"('s')",
+        "SELECT x FROM t WHERE y = 'a;b'",
+        "SELECT a$1, b FROM t",
+        "SELECT (1;",
+        "select\tx\nfrom\rt",
+        "SELECT 'é', \"ü\" FROM t",
+    ];
+
+    #[test]
+    fn plain_text_is_read_here_and_agrees() {
+        for sql in PLAIN {
+            let (quick, tokens) = both(sql, true);
+            assert_eq!(quick, Some(tokens), "{sql}");
+        }
+    }
+
+    #[test]
+    fn other_text_goes_the_token_way() {
+        for (sql, standard) in [
+            ("/* pgsplit:replica */ SELECT 1", true),
+            ("SELECT 1 -- tail", true),
+            ("SELECT 1 /* x */", true),
+            ("SELECT 1 +-- x", true),
+            ("SELECT $$a$$", true),
+            ("SELECT $tag$a$tag$", true),
+            ("SELECT E'a\\'b'", true),
+            ("SELECT 'a'", false),
+            ("SELECT 'unterminated", true),
+            ("SELECT \"unterminated", true),
+            ("SELECT é FROM t", true),
+            ("SELECT 1; SELECT 2", true),
+            ("SELECT 1; DELETE FROM t", true),
+            ("BEGIN", true),
+            ("INSERT INTO t VALUES (1)", true),
+            ("(SELECT 1)", true),
+            ("", true),
+            ("   ", true),
+            ("e'x'", true),
+        ] {
+            assert_eq!(both(sql, standard).0, None, "{sql}");
+        }
+    }
+
+    /// Random texts from fragments that sit near every decision this
+    /// module takes: wherever it reads a text itself, it must agree.
+    #[test]
+    fn agrees_with_the_tokens_on_generated_text() {
+        const FRAGMENTS: &[&str] = &[
+            "SELECT",
+            "select",
+            "VALUES",
+            "with",
+            "explain",
+            " ",
+            "\t",
+            "\n",
+            "x",
+            "t.y",
+            "(",
+            ")",
+            "[",
+            "]",
+            ",",
+            ";",
+            "'a'",
+            "'it''s'",
+            "'",
+            "\"b\"",
+            "\"q\"\"q\"",
+            "\"",
+            "for",
+            "FOR",
+            "share",
+            "key",
+            "no",
+            "update",
+            "into",
+            "insert",
+            "merge",
+            "delete",
+            "nextval",
+            "\"nextval\"",
+            "pg_advisory_lock",
+            "audit.log_event",
+            "lo_",
+            "$1",
+            "$",
+            "$$",
+            "1",
+            "1.5e3",
+            ".",
+            ".5",
+            "=",
+            "<>",
+            "::",
+            "-",
+            "--",
+            "/",
+            "/*",
+            "*/",
+            "*",
+            "e",
+            "E'",
+            "é",
+            "a$b",
+            "+-",
+            "\\",
+        ];
+        let c = Classifier::new(["audit.log_event"]);
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let mut read_here = 0;
+        for _ in 0..20_000 {
+            let mut sql = String::from(["SELECT ", "select", "WITH ", "x "][next(4)]);
+            for _ in 0..next(12) {
+                sql.push_str(FRAGMENTS[next(FRAGMENTS.len())]);
+                if next(2) == 0 {
+                    sql.push(' ');
+                }
+            }
+            for standard in [true, false] {
+                if let Some(quick) = single_statement(&c, &sql, standard) {
+                    read_here += 1;
+                    assert_eq!(
+                        quick,
+                        c.classify_tokens(&sql, standard),
+                        "{sql:?} {standard}"
+                    );
+                }
+            }
+        }
+        // The generator must reach this module's own decisions often.
+        assert!(read_here > 2_000, "only {read_here} texts read here");
+    }
+
+    #[test]
+    fn write_words() {
+        for w in ["insert", "UPDATE", "Delete", "merge", "INTO"] {
+            assert!(writes_word(w.as_bytes(), false), "{w}");
+        }
+        for w in ["share", "KEY", "no"] {
+            assert!(writes_word(w.as_bytes(), true), "{w}");
+            assert!(!writes_word(w.as_bytes(), false), "{w}");
+        }
+        for w in ["select", "inserts", "upd", "for", "nothing"] {
+            assert!(!writes_word(w.as_bytes(), true), "{w}");
+        }
+    }
+}
