@@ -256,16 +256,18 @@ impl ServerPool {
     /// Takes a connection back: to a waiter or the idle stack if it is idle,
     /// in sync and young enough; closed otherwise.
     fn give_back(&self, conn: Box<ServerConn>) {
+        // One clock read serves the lifetime check and the idle mark.
+        let now = Instant::now();
         let expired = self
             .inner
             .lifetime
-            .is_some_and(|l| conn.created.elapsed() >= l);
+            .is_some_and(|l| now.saturating_duration_since(conn.created) >= l);
         if !conn.is_clean() || expired {
             drop(conn);
             self.forget_one();
             return;
         }
-        let closed = self.slots().give_back(conn, Instant::now());
+        let closed = self.slots().give_back(conn, now);
         drop(closed);
     }
 
