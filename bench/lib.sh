@@ -51,10 +51,13 @@ CONF
     PGPASSWORD=app-secret pgbench -q -i -s "${1:-10}" -h 127.0.0.1 -p "$PG_PORT" -U app app 2>/dev/null
 }
 
-# start_pgsplit AUTH (scram-sha-256 | md5): sets SPLIT_PORT and SPLIT_PID.
+# start_pgsplit AUTH (scram-sha-256 | md5) [NAME]: sets SPLIT_PORT and
+# SPLIT_PID. NAME (default AUTH) tells the config and log files of several
+# instances apart; PGSPLIT_BIN picks the binary.
 start_pgsplit() {
+    local name=${2:-$1}
     SPLIT_PORT=$(free_port)
-    cat > "$WORK/pgsplit-$1.toml" <<CONF
+    cat > "$WORK/pgsplit-$name.toml" <<CONF
 [proxy]
 listen = "127.0.0.1:$SPLIT_PORT"
 admin_listen = "127.0.0.1:0"
@@ -71,7 +74,7 @@ name = "bench"
 kind = "static"
 leader = "127.0.0.1:$PG_PORT"
 CONF
-    RUST_LOG=warn ${PGSPLIT_ENV:-} "${PGSPLIT_BIN:-$ROOT/target/release/pgsplit}" --config "$WORK/pgsplit-$1.toml" >"$WORK/pgsplit-$1.log" 2>&1 &
+    RUST_LOG=warn ${PGSPLIT_ENV:-} "${PGSPLIT_BIN:-$ROOT/target/release/pgsplit}" --config "$WORK/pgsplit-$name.toml" >"$WORK/pgsplit-$name.log" 2>&1 &
     SPLIT_PID=$!
     PIDS+=("$SPLIT_PID")
 }

@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 use super::server::{ServerConn, ServerError, ServerSpec};
-use super::slots::{Idle, Slots, Take};
+use super::slots::{abandon, Delivery, Idle, Slots, Take};
 use crate::topology::MemberState;
+use tokio::sync::oneshot;
 
 /// ParameterStatus name/value pairs a fresh server reported.
 pub type StartupParams = Arc<Vec<(String, String)>>;
@@ -44,6 +45,23 @@ struct PoolInner {
     /// ParameterStatus values of the newest fresh connection, so a client
     /// can log in while every server is busy.
     startup_params: Mutex<Option<StartupParams>>,
+}
+
+/// A checkout waiting for a connection to be handed over. The wait ends
+/// early when its client cancels or goes away (the future is dropped); a
+/// connection handed over at that very moment goes back to the pool then
+/// (to the next waiter) instead of closing with its slot still counted.
+struct Waiting<'a> {
+    pool: &'a ServerPool,
+    delivery: oneshot::Receiver<Delivery<Box<ServerConn>, CheckoutError>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(conn) = abandon(&mut self.delivery) {
+            self.pool.give_back(conn);
+        }
+    }
 }
 
 /// A server connection lent by a [`ServerPool`]; dropping it gives it back
@@ -175,7 +193,11 @@ impl ServerPool {
                 delivery
             }
         };
-        match tokio::time::timeout(self.inner.wait_timeout, delivery).await {
+        let mut waiting = Waiting {
+            pool: self,
+            delivery,
+        };
+        match tokio::time::timeout(self.inner.wait_timeout, &mut waiting.delivery).await {
             Ok(Ok(Ok(conn))) => Ok(self.lend(conn)),
             Ok(Ok(Err(e))) => Err(e),
             Ok(Err(_)) => Err(CheckoutError::Closed),

@@ -182,6 +182,18 @@ impl<T, E> Slots<T, E> {
     }
 }
 
+/// A waiter gives up (its client cancelled, timed out or went away): the
+/// connection handed to it just before, if any, which the caller must give
+/// back. Dropped in the channel instead, it would close with its slot still
+/// counted as open, and the pool would shrink for good.
+pub fn abandon<T, E>(delivery: &mut oneshot::Receiver<Delivery<T, E>>) -> Option<T> {
+    delivery.close();
+    match delivery.try_recv() {
+        Ok(Ok(conn)) => Some(conn),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +225,24 @@ mod tests {
         assert!(s.give_back(7, Instant::now()).is_none());
         assert_eq!(first.try_recv().unwrap(), Ok(7));
         assert!(second.try_recv().is_err());
+        assert_eq!(s.counts(), (0, 1, 1));
+    }
+
+    #[test]
+    fn a_connection_handed_to_a_waiter_that_gives_up_is_not_lost() {
+        let mut s = Slots::new(1);
+        let (mut gives_up, open_one) = wait(&mut s);
+        assert!(open_one);
+        // The connection opened for it arrives just as it gives up.
+        assert!(s.give_back(5, Instant::now()).is_none());
+        let (mut next, open_one) = wait(&mut s);
+        assert!(!open_one, "the pool is full: the only slot is lent");
+        let conn = abandon(&mut gives_up).expect("the handed-over connection");
+        assert!(s.give_back(conn, Instant::now()).is_none());
+        assert_eq!(next.try_recv().unwrap(), Ok(5));
+        // Nothing was handed over: nothing to give back.
+        let (mut empty, _) = wait(&mut s);
+        assert!(abandon(&mut empty).is_none());
         assert_eq!(s.counts(), (0, 1, 1));
     }
 
