@@ -219,8 +219,8 @@ impl Routing {
     /// Whether `text` is the Query text the last scan found to be reads
     /// only; forgets it either way.
     pub fn take_read_query(&mut self, text: &[u8]) -> bool {
-        let len = u32::try_from(text.len()).unwrap_or(u32::MAX);
-        self.read_query.take() == Some((text.as_ptr() as usize, len))
+        let noted = self.read_query.take();
+        noted.is_some() && noted == query_mark(text)
     }
 
     /// The held server reported `in_hot_standby`: the member's role as it
@@ -265,6 +265,13 @@ impl Routing {
             self.mark.note(now_nanos());
         }
     }
+}
+
+/// Where a Query's text sits in the client's buffer (address and length,
+/// compact: every session carries one); `None` for text too long to mark.
+fn query_mark(text: &[u8]) -> Option<(usize, u32)> {
+    let len = u32::try_from(text.len()).ok()?;
+    Some((text.as_ptr() as usize, len))
 }
 
 /// What a routing point decided for the message at hand.
@@ -503,9 +510,7 @@ impl Session<'_> {
             let body = input.get(HEADER_LEN..).unwrap_or_default();
             let text = read_cstr(body).map_or(&[][..], |(t, _)| t);
             let summary = self.classify_text(text, key);
-            let len = u32::try_from(text.len()).unwrap_or(u32::MAX);
-            self.routing.read_query =
-                (summary.only_reads && len < u32::MAX).then_some((text.as_ptr() as usize, len));
+            self.routing.read_query = query_mark(text).filter(|_| summary.only_reads);
             return Unit {
                 summary,
                 neutral: false,

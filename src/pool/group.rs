@@ -103,14 +103,13 @@ impl PoolGroup {
         }
         *spec = (password, settings.clone());
         drop(spec);
-        self.epoch.fetch_add(1, Ordering::AcqRel);
-        let old: Vec<ServerPool> = self
-            .pools
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain()
-            .map(|(_, p)| p)
-            .collect();
+        let old: Vec<ServerPool> = {
+            let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+            // Bumped once the old pools are out of the map: a session that
+            // sees the new epoch can only find new pools.
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            pools.drain().map(|(_, p)| p).collect()
+        };
         for pool in old {
             pool.retire();
         }
