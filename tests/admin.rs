@@ -91,14 +91,11 @@ async fn metrics_move_with_the_work() {
         parse_metrics(&body)
     };
     let before = scrape().await;
-    let tx = |route| {
-        metric_sum(
-            &before,
-            "pgsplit_transactions_total",
-            &[("route", route), ("database", "app"), ("user", "app")],
-        )
-    };
-    let (reads0, writes0) = (tx("replica"), tx("leader"));
+    let writes0 = metric_sum(
+        &before,
+        "pgsplit_transactions_total",
+        &[("route", "leader"), ("database", "app"), ("user", "app")],
+    );
 
     // Load while scraping: readers and writers on their own connections.
     let url = env.url();
@@ -134,9 +131,28 @@ async fn metrics_move_with_the_work() {
             &[("route", route), ("database", "app"), ("user", "app")],
         )
     };
-    assert!(tx_after("replica") - reads0 >= 100.0, "reads counted");
+    // Reads go to a replica, or to the leader as a fallback when a busy
+    // machine made a replica miss a health probe: counted either way.
+    let reads = |samples: &[(String, f64)], name: &str, extra: &[(&str, &str)]| {
+        ["replica", "fallback"]
+            .iter()
+            .map(|route| {
+                let mut labels = vec![("route", *route)];
+                labels.extend_from_slice(extra);
+                metric_sum(samples, name, &labels)
+            })
+            .sum::<f64>()
+    };
+    let read_tx = |samples: &[(String, f64)]| {
+        reads(
+            samples,
+            "pgsplit_transactions_total",
+            &[("database", "app"), ("user", "app")],
+        )
+    };
+    assert!(read_tx(&after) - read_tx(&before) >= 100.0, "reads counted");
     assert!(tx_after("leader") - writes0 >= 100.0, "writes counted");
-    assert!(metric_sum(&after, "pgsplit_queries_total", &[("route", "replica")]) >= 100.0);
+    assert!(reads(&after, "pgsplit_queries_total", &[]) >= 100.0);
     assert!(
         metric_sum(
             &after,
@@ -145,10 +161,10 @@ async fn metrics_move_with_the_work() {
         ) >= 100.0
     );
     assert!(
-        metric_sum(
+        reads(
             &after,
             "pgsplit_query_duration_seconds_bucket",
-            &[("route", "replica"), ("le", "+Inf")]
+            &[("le", "+Inf")]
         ) >= 100.0
     );
     assert!(
@@ -172,7 +188,20 @@ async fn metrics_move_with_the_work() {
         metric_sum(&after, "pgsplit_members", &[("role", "leader")]),
         1.0
     );
-    assert_eq!(metric_sum(&after, "pgsplit_member_healthy", &[]), 3.0);
+    // Every member is healthy again soon after the load, whatever a busy
+    // machine did to a probe during it.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let healthy = metric_sum(&scrape().await, "pgsplit_member_healthy", &[]);
+        if healthy == 3.0 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{healthy} members healthy, not 3"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     assert!(metric_sum(&after, "pgsplit_server_connections", &[("role", "replica")]) >= 1.0);
     let leader = env.cluster.leader.addr();
     assert!(

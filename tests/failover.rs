@@ -176,3 +176,62 @@ async fn a_commit_orphaned_by_a_terminated_sync_wait_is_reported() {
         .get(0);
     assert_eq!(count, 1, "the row committed");
 }
+
+/// A backend terminated while its statement waits (what a fast shutdown
+/// does to the old leader in a switchover) answers the extended protocol
+/// with BindComplete and then the FATAL, in one packet. Nothing ran, the
+/// client heard nothing: pgsplit sends the request again on another
+/// server, and the client sees its insert succeed, once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_statement_terminated_before_it_ran_is_sent_again() {
+    support::init_logging();
+    let env = TestEnv::start(0, "pool_size = 2").await;
+    let c = env.connect().await;
+    c.batch_execute("CREATE TABLE waits(id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    // A direct session inserts the same key without committing: the
+    // insert through pgsplit waits for it while it executes (not while it
+    // is parsed or bound).
+    let holder = env.connect_leader().await;
+    holder
+        .batch_execute("BEGIN; INSERT INTO waits VALUES (7)")
+        .await
+        .unwrap();
+    let insert = {
+        let c = env.connect().await;
+        tokio::spawn(async move {
+            let row = c
+                .query_one("INSERT INTO waits VALUES ($1) RETURNING id", &[&7i32])
+                .await;
+            row.map(|r| r.get::<_, i32>(0))
+                .map_err(|e| format!("{:?} {e}", sqlstate(&e)))
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        let pid = env.leader_sql(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO waits VALUES ($1)%'",
+        );
+        if !pid.is_empty() {
+            break pid;
+        }
+        assert!(Instant::now() < deadline, "the insert never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    env.leader_sql(&format!("SELECT pg_terminate_backend({pid})"));
+    // The insert, sent again, waits for the holder once more.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder.batch_execute("ROLLBACK").await.unwrap();
+    let row = tokio::time::timeout(Duration::from_secs(10), insert)
+        .await
+        .expect("the insert got an answer")
+        .unwrap();
+    assert_eq!(row, Ok(7), "the insert ran on another server");
+    let count: i64 = c
+        .query_one("SELECT count(*) FROM waits", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count, 1, "the row was inserted once");
+}

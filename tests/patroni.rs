@@ -242,7 +242,8 @@ async fn leader_crash(patroni: &mut PatroniCluster, load: &Load) -> Outcome {
         })
         .collect();
     tokio::task::block_in_place(|| patroni.kill_member(crashed));
-    // Writes that started before this were in flight on the dying leader.
+    // Writes that started before this could reach a backend of the dying
+    // leader (the last of them just exited): those were in flight.
     let killed = Instant::now();
     let new_accepts = futures_util::future::select_all(watchers).await.0.unwrap();
     tokio::time::sleep(Duration::from_secs(2)).await;

@@ -12,6 +12,14 @@
 //! the unread input, forgets the server and what was in flight, and routes
 //! the request afresh. At most three attempts per request.
 //!
+//! The error may follow answers that only say the request was parsed,
+//! bound or described (ParseComplete, BindComplete, ParameterDescription,
+//! RowDescription, NoData, CloseComplete), as long as none of them reached
+//! the client yet: PostgreSQL buffers those and sends them with the error
+//! when a backend is terminated during Execute. Anything else before the
+//! error (a row, a command tag, a ReadyForQuery) means the request ran,
+//! and it is not sent again.
+//!
 //! The retry is safe when the answer is an error the server sends instead
 //! of running the statement. One race remains, as with any client retry:
 //! a fast shutdown's FATAL can follow a commit that had not been reported
@@ -138,6 +146,13 @@ pub fn retryable_error(body: &[u8], held: Option<Role>, in_hot_standby: bool) ->
     }
 }
 
+/// Whether a server message answers only the preparation of a request
+/// (parse, bind, describe, close), so that an error after it still means
+/// nothing ran.
+pub fn precedes_execution(tag: u8) -> bool {
+    matches!(tag, b'1' | b'2' | b't' | b'T' | b'n' | b'3')
+}
+
 impl Session<'_> {
     /// Sends the request in flight again on another server, if it may be:
     /// returns false when it may not (the caller fails it as before).
@@ -206,6 +221,16 @@ mod tests {
         r.start(0, None, true);
         r.record(&Bytes::from(vec![0u8; MAX_REPLAY_BYTES + 1]));
         assert!(!r.possible(0));
+    }
+
+    #[test]
+    fn only_preparation_answers_precede_execution() {
+        for tag in *b"12tTn3" {
+            assert!(precedes_execution(tag), "{}", tag as char);
+        }
+        for tag in *b"DCIsZEGHWdcNSA" {
+            assert!(!precedes_execution(tag), "{}", tag as char);
+        }
     }
 
     #[test]

@@ -23,7 +23,7 @@ use super::idle::{idle_check, IdleKind, IdleTimer};
 use super::login::{checkout_error, server_error, Admitted, LoggedIn};
 use super::outq::OutQueue;
 use super::registry::ClientState;
-use super::replay::{retryable_error, Replay};
+use super::replay::{precedes_execution, retryable_error, Replay};
 use super::routing::{Point, Routing};
 use super::statements::ClientStatements;
 use super::tracker::{Tracker, Verdict};
@@ -575,6 +575,9 @@ impl Session<'_> {
         };
         let mut off = 0;
         let mut release = false;
+        // Whether the messages before `off` show that the request ran (a
+        // row, a command tag, ...), not only that it was parsed and bound.
+        let mut ran = false;
         loop {
             if self.server_passthrough > 0 {
                 let n = self.server_passthrough.min(server.rbuf.len() - off);
@@ -593,6 +596,7 @@ impl Session<'_> {
             let available = server.rbuf.len() - off;
             if matches!(header.tag, b'D' | b'd') {
                 // Rows and copy data: the bulk of the traffic, never examined.
+                ran = true;
                 if available >= header.total_len {
                     off += header.total_len;
                 } else {
@@ -625,10 +629,10 @@ impl Session<'_> {
                 break;
             }
             if header.tag == b'E'
-                && off == 0
+                && !ran
                 && self.replay.possible(self.to_client.pushed())
                 && retryable_error(
-                    &server.rbuf[HEADER_LEN..header.total_len],
+                    &server.rbuf[off + HEADER_LEN..off + header.total_len],
                     self.routing.held,
                     server.in_hot_standby() == Some(true),
                 )
@@ -683,6 +687,7 @@ impl Session<'_> {
                 let _ = server.rbuf.split_to(header.total_len);
             } else {
                 off += header.total_len;
+                ran |= !precedes_execution(header.tag);
             }
             if header.tag == b'Z' {
                 self.routing.server_ready(server.status);

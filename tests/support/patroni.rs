@@ -67,6 +67,32 @@ fn as_postgres(cmd: &mut Command, run_as: Option<(u32, u32)>) -> &mut Command {
     cmd
 }
 
+/// State and parent of process `pid`, from /proc (after the command
+/// name, which may hold spaces and parentheses).
+fn state_and_parent(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let parent = fields.next()?.parse().ok()?;
+    Some((state, parent))
+}
+
+/// The processes whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|&p| state_and_parent(p).is_some_and(|(_, parent)| parent == pid))
+        .collect()
+}
+
+/// Whether `pid` still runs (a zombie has exited).
+fn alive(pid: i32) -> bool {
+    state_and_parent(pid).is_some_and(|(state, _)| !matches!(state, 'Z' | 'X'))
+}
+
 /// A leader, a synchronous standby and every member running.
 pub fn whole(info: &ClusterInfo) -> bool {
     ["leader", "sync_standby"].iter().all(|role| {
@@ -352,15 +378,29 @@ postgresql:
         text
     }
 
-    /// kill -9 of member `i`'s Patroni and postmaster.
+    /// kill -9 of member `i`'s Patroni and postmaster; returns once every
+    /// process the postmaster had started (backends, walsenders) is gone
+    /// too. They outlive it by a moment: each notices the postmaster's
+    /// death on its own, and a backend that reads a request before it
+    /// does still runs that request. Until the last one is gone, a write
+    /// can reach the dying leader.
     pub fn kill_member(&mut self, i: usize) {
         let pm = self.members[i].postmaster_pid();
+        let children = pm.map(children_of).unwrap_or_default();
         if let Some(mut child) = self.members[i].child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
         if let Some(pid) = pm {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while children.iter().any(|&pid| alive(pid)) {
+            assert!(
+                Instant::now() < deadline,
+                "the killed postmaster's processes did not exit"
+            );
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 }
