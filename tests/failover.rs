@@ -177,22 +177,23 @@ async fn a_commit_orphaned_by_a_terminated_sync_wait_is_reported() {
     assert_eq!(count, 1, "the row committed");
 }
 
-/// A backend terminated while its statement waits (what a fast shutdown
-/// does to the old leader in a switchover) answers the extended protocol
-/// with BindComplete and then the FATAL, in one packet. Nothing ran, the
-/// client heard nothing: pgsplit sends the request again on another
-/// server, and the client sees its insert succeed, once.
+/// A fast shutdown (what Patroni does to the old leader in a switchover)
+/// ends a backend whose statement waits with BindComplete and then a FATAL
+/// 57P01, in one packet. Nothing ran and the client heard nothing: pgsplit
+/// finds the server refusing new connections as it shuts down, and sends
+/// the request again once the server is back. The client sees its insert
+/// succeed, once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_statement_terminated_before_it_ran_is_sent_again() {
+async fn a_statement_cut_off_by_a_fast_shutdown_is_sent_again() {
     support::init_logging();
-    let env = TestEnv::start(0, "pool_size = 2").await;
+    let env = TestEnv::start(0, "pool_size = 2\n[routing]\nleader_wait_timeout = \"30s\"").await;
     let c = env.connect().await;
     c.batch_execute("CREATE TABLE waits(id int PRIMARY KEY)")
         .await
         .unwrap();
     // A direct session inserts the same key without committing: the
     // insert through pgsplit waits for it while it executes (not while it
-    // is parsed or bound).
+    // is parsed or bound). The shutdown ends the holder too.
     let holder = env.connect_leader().await;
     holder
         .batch_execute("BEGIN; INSERT INTO waits VALUES (7)")
@@ -208,30 +209,34 @@ async fn a_statement_terminated_before_it_ran_is_sent_again() {
                 .map_err(|e| format!("{:?} {e}", sqlstate(&e)))
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let pid = loop {
-        let pid = env.leader_sql(
-            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE 'INSERT INTO waits VALUES ($1)%'",
-        );
-        if !pid.is_empty() {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "the insert never waited");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
-    env.leader_sql(&format!("SELECT pg_terminate_backend({pid})"));
-    // The insert, sent again, waits for the holder once more.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    holder.batch_execute("ROLLBACK").await.unwrap();
-    let row = tokio::time::timeout(Duration::from_secs(10), insert)
+    wait_for_lock_wait(&env, "INSERT INTO waits VALUES ($1)").await;
+    tokio::task::block_in_place(|| env.cluster.restart_fast(&env.cluster.leader)).unwrap();
+    let row = tokio::time::timeout(Duration::from_secs(30), insert)
         .await
         .expect("the insert got an answer")
         .unwrap();
-    assert_eq!(row, Ok(7), "the insert ran on another server");
+    assert_eq!(row, Ok(7), "the insert ran once the server was back");
+    let c = env.connect().await;
     let count: i64 = c
         .query_one("SELECT count(*) FROM waits", &[])
         .await
         .unwrap()
         .get(0);
     assert_eq!(count, 1, "the row was inserted once");
+}
+
+/// Waits until a statement starting with `text` waits for a lock on the
+/// leader; returns its backend's pid.
+async fn wait_for_lock_wait(env: &TestEnv, text: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let pid = env.leader_sql(&format!(
+            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND starts_with(query, '{text}')"
+        ));
+        if !pid.is_empty() {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "{text} never waited");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

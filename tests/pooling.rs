@@ -219,7 +219,31 @@ async fn server_killed_mid_query_fails_only_that_client() {
         .await
         .unwrap()
         .unwrap();
-    assert!(result.is_err(), "the victim gets an error");
+    // Stopped on purpose, not by a shutdown: the error PostgreSQL sent,
+    // and the statement is not run again elsewhere.
+    let error = result.expect_err("the victim gets an error");
+    assert_eq!(support::sqlstate(&error).as_deref(), Some("57P01"));
+    // The same in the simple protocol, where the FATAL is the first answer.
+    let victim = env.connect().await;
+    let running = tokio::spawn(async move { victim.simple_query("SELECT pg_sleep(31)").await });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let pid = loop {
+        let pid = env.leader_sql(
+            "SELECT pid FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(31)' AND state = 'active'",
+        );
+        if !pid.is_empty() {
+            break pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "pg_sleep never ran");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    env.leader_sql(&format!("SELECT pg_terminate_backend({pid})"));
+    let result = tokio::time::timeout(Duration::from_secs(10), running)
+        .await
+        .expect("the victim got an answer, not the statement again")
+        .unwrap();
+    let error = result.expect_err("the victim gets an error");
+    assert_eq!(support::sqlstate(&error).as_deref(), Some("57P01"));
     for _ in 0..5 {
         assert_eq!(
             bystander

@@ -20,6 +20,10 @@
 //! error (a row, a command tag, a ReadyForQuery) means the request ran,
 //! and it is not sent again.
 //!
+//! 57P01 is sent both by a fast shutdown and by `pg_terminate_backend()`;
+//! the request is sent again only when a probe finds the server refusing
+//! new connections as it shuts down (see [`crate::pool::stopping`]).
+//!
 //! The retry is safe when the answer is an error the server sends instead
 //! of running the statement. One race remains, as with any client retry:
 //! a fast shutdown's FATAL can follow a commit that had not been reported
@@ -135,14 +139,27 @@ impl Replay {
     }
 }
 
+/// When a request the server refused may be sent again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Now: the server cannot run it (crash, cannot connect now, in
+    /// recovery).
+    Now,
+    /// Only if the server is shutting down: 57P01 is also what
+    /// `pg_terminate_backend()` sends, and a request stopped on purpose
+    /// must fail as it would without pgsplit.
+    IfShuttingDown,
+}
+
 /// Whether an ErrorResponse body says the server did not run the request
 /// and another server may.
-pub fn retryable_error(body: &[u8], held: Option<Role>, in_hot_standby: bool) -> bool {
+pub fn retryable_error(body: &[u8], held: Option<Role>, in_hot_standby: bool) -> Option<Retry> {
     let fields = parse_error_fields(body);
     match fields.code {
-        "57P01" | "57P02" | "57P03" => true,
-        "25006" => held == Some(Role::Leader) && in_hot_standby,
-        _ => false,
+        "57P01" => Some(Retry::IfShuttingDown),
+        "57P02" | "57P03" => Some(Retry::Now),
+        "25006" if held == Some(Role::Leader) && in_hot_standby => Some(Retry::Now),
+        _ => None,
     }
 }
 
@@ -241,10 +258,24 @@ mod tests {
                 .to_bytes()
                 .slice(5..)
         };
-        assert!(retryable_error(&error("57P01"), Some(Role::Leader), false));
-        assert!(retryable_error(&error("57P03"), Some(Role::Replica), false));
-        assert!(!retryable_error(&error("25006"), Some(Role::Leader), false));
-        assert!(retryable_error(&error("25006"), Some(Role::Leader), true));
-        assert!(!retryable_error(&error("23505"), Some(Role::Leader), true));
+        let leader = Some(Role::Leader);
+        assert_eq!(
+            retryable_error(&error("57P01"), leader, false),
+            Some(Retry::IfShuttingDown)
+        );
+        assert_eq!(
+            retryable_error(&error("57P02"), leader, false),
+            Some(Retry::Now)
+        );
+        assert_eq!(
+            retryable_error(&error("57P03"), Some(Role::Replica), false),
+            Some(Retry::Now)
+        );
+        assert_eq!(retryable_error(&error("25006"), leader, false), None);
+        assert_eq!(
+            retryable_error(&error("25006"), leader, true),
+            Some(Retry::Now)
+        );
+        assert_eq!(retryable_error(&error("23505"), leader, true), None);
     }
 }

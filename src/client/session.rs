@@ -23,7 +23,7 @@ use super::idle::{idle_check, IdleKind, IdleTimer};
 use super::login::{checkout_error, server_error, Admitted, LoggedIn};
 use super::outq::OutQueue;
 use super::registry::ClientState;
-use super::replay::{precedes_execution, retryable_error, Replay};
+use super::replay::{precedes_execution, retryable_error, Replay, Retry};
 use super::routing::{Point, Routing};
 use super::statements::ClientStatements;
 use super::tracker::{Tracker, Verdict};
@@ -106,8 +106,14 @@ enum ServerData {
     Keep,
     /// Idle and in sync: back to the pool.
     Release,
-    /// It refused the request before answering anything: send it again.
-    Retry(&'static str),
+    /// It refused the request before it ran and before the client heard
+    /// anything: send it again (`when` allows). `answered` bytes of its
+    /// buffer were taken in but not queued for the client.
+    Retry {
+        why: &'static str,
+        when: Retry,
+        answered: usize,
+    },
 }
 
 /// Serves a logged-in client until it leaves, then cleans up.
@@ -274,10 +280,21 @@ impl Session<'_> {
                     }
                 }
                 Event::ServerRead(Ok(_)) => {
-                    match self.on_server_data() {
+                    let mut data = self.on_server_data();
+                    if let Ok(ServerData::Retry {
+                        when: Retry::IfShuttingDown,
+                        answered,
+                        ..
+                    }) = data
+                    {
+                        if !self.held_server_shutting_down().await {
+                            data = self.forward_refusal(answered);
+                        }
+                    }
+                    match data {
                         Ok(ServerData::Release) => self.release_server().await,
                         Ok(ServerData::Keep) => {}
-                        Ok(ServerData::Retry(why)) => {
+                        Ok(ServerData::Retry { why, .. }) => {
                             if !Box::pin(self.retry_request(why)).await {
                                 return self.lose_server(why).await;
                             }
@@ -628,18 +645,19 @@ impl Session<'_> {
                 release = true;
                 break;
             }
-            if header.tag == b'E'
-                && !ran
-                && self.replay.possible(self.to_client.pushed())
-                && retryable_error(
+            if header.tag == b'E' && !ran && self.replay.possible(self.to_client.pushed()) {
+                let refusal = retryable_error(
                     &server.rbuf[off + HEADER_LEN..off + header.total_len],
                     self.routing.held,
                     server.in_hot_standby() == Some(true),
-                )
-            {
-                return Ok(ServerData::Retry(
-                    "the server refused the request before answering it",
-                ));
+                );
+                if let Some(when) = refusal {
+                    return Ok(ServerData::Retry {
+                        why: "the server refused the request before running it",
+                        when,
+                        answered: off,
+                    });
+                }
             }
             if self.tracker.has_due() {
                 // Answers pgsplit made up and held back while the request
@@ -732,6 +750,30 @@ impl Session<'_> {
         } else {
             ServerData::Keep
         })
+    }
+
+    /// Whether the held server is shutting down (a probe; rare, so
+    /// boxed).
+    async fn held_server_shutting_down(&self) -> bool {
+        match self.server.as_ref() {
+            Some(server) => Box::pin(server.server_shutting_down()).await,
+            None => true,
+        }
+    }
+
+    /// The server ended the backend on its own (`pg_terminate_backend()`),
+    /// not in a shutdown: the request fails as PostgreSQL reports it. What
+    /// was taken in before the error goes to the client first, after any
+    /// answers pgsplit made up and held back.
+    fn forward_refusal(&mut self, answered: usize) -> Result<ServerData, &'static str> {
+        self.replay.stop();
+        self.emit_due();
+        if let Some(server) = self.server.as_deref_mut() {
+            if answered > 0 {
+                self.to_client.push(server.rbuf.split_to(answered).freeze());
+            }
+        }
+        self.on_server_data()
     }
 
     /// Queues answers pgsplit made up that are now due.

@@ -402,6 +402,15 @@ impl LocalCluster {
         self.run("pg_ctl", &["-D", &dir, "-m", "immediate", "-w", "stop"])
     }
 
+    /// Stops one server with a fast shutdown (what Patroni does to the old
+    /// leader in a switchover: every backend gets 57P01) and starts it
+    /// again.
+    pub fn restart_fast(&self, node: &Node) -> Result<(), ClusterError> {
+        let dir = node.data_dir.to_string_lossy().into_owned();
+        self.run("pg_ctl", &["-D", &dir, "-m", "fast", "-w", "stop"])?;
+        self.start_node(node)
+    }
+
     /// Promotes a replica to leader (`pg_ctl promote`), waiting until it
     /// accepts writes.
     pub fn promote(&self, node: &Node) -> Result<String, ClusterError> {

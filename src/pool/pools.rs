@@ -89,6 +89,14 @@ impl std::ops::DerefMut for PooledServer {
     }
 }
 
+impl PooledServer {
+    /// Whether this connection's server refuses new connections because
+    /// it is shutting down (see [`super::stopping`]).
+    pub async fn server_shutting_down(&self) -> bool {
+        super::stopping::shutting_down(&self.pool.inner.spec).await
+    }
+}
+
 impl Drop for PooledServer {
     fn drop(&mut self) {
         if let Some(conn) = self.conn.take() {
