@@ -43,9 +43,13 @@ async fn a_bogus_cancel_key_cancels_nothing() {
     assert!(running.await.unwrap().is_ok());
 }
 
-/// Many clients share one server; about half of their queries get a
-/// cancel at a random moment. A query may only ever fail with 57014 if its
-/// own client sent a cancel while it ran.
+/// Many clients share one server; a third of their queries get a cancel
+/// at a random moment. A query may only ever fail with 57014 if its own
+/// client sent a cancel while it ran, or during its previous query: a
+/// client's CancelRequest is fire-and-forget (tokio-postgres, like libpq,
+/// does not wait for it to be acted on), so a late one may land on the
+/// same client's next query, as it would against PostgreSQL. Never on
+/// another client's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_cancels_on_a_pool_of_one_hit_only_their_own_query() {
     let env = TestEnv::start(0, "pool_size = 1\nquery_wait_timeout = \"60s\"").await;
@@ -58,7 +62,8 @@ async fn concurrent_cancels_on_a_pool_of_one_hit_only_their_own_query() {
             let client = support::connect(&url).await.unwrap();
             for round in 0..6u64 {
                 let token = client.cancel_token();
-                let send_cancel = (c + round) % 2 == 0;
+                let send_cancel = (c + round) % 3 == 0;
+                let sent_before = round > 0 && (c + round - 1) % 3 == 0;
                 let delay = Duration::from_millis((c * 37 + round * 53) % 150);
                 let canceller = tokio::spawn(async move {
                     if send_cancel {
@@ -72,7 +77,7 @@ async fn concurrent_cancels_on_a_pool_of_one_hit_only_their_own_query() {
                     Ok(_) => {}
                     Err(e) if sqlstate(&e).as_deref() == Some("57014") => {
                         assert!(
-                            send_cancel,
+                            send_cancel || sent_before,
                             "client {c} round {round}: cancelled by someone else's CancelRequest"
                         );
                         cancelled.fetch_add(1, Ordering::Relaxed);
