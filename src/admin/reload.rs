@@ -127,6 +127,10 @@ fn keep_restart_only_settings(old: &Config, new: &mut Config) {
         n.log_level = o.log_level.clone();
         kept.push("log_format and log_level");
     }
+    if o.worker_threads != n.worker_threads {
+        n.worker_threads = o.worker_threads;
+        kept.push("worker_threads");
+    }
     if !kept.is_empty() {
         tracing::warn!(settings = ?kept, "these settings change only with a restart; the running values stay");
     }
@@ -148,8 +152,10 @@ mod tests {
             std::iter::empty(),
         )
         .unwrap();
+        new.proxy.worker_threads = 4;
         keep_restart_only_settings(&old, &mut new);
         assert_eq!(new.proxy.listen, "127.0.0.1:1");
+        assert_eq!(new.proxy.worker_threads, 1, "the runtime is built once");
         assert_eq!(new.users[0].name, "c", "other settings change");
     }
 }

@@ -121,6 +121,10 @@ pub struct ProxyConfig {
     /// Then, after the listener closed: how long running transactions
     /// may take before pgsplit exits anyway.
     pub shutdown_timeout: Seconds,
+    /// Threads that serve clients. 1: one event loop on one thread, as
+    /// PgBouncer runs (the least CPU per transaction); 0: one per CPU
+    /// core; N: N threads sharing the work.
+    pub worker_threads: u32,
 }
 
 impl Default for ProxyConfig {
@@ -153,6 +157,7 @@ impl Default for ProxyConfig {
             log_level: "info".into(),
             shutdown_delay: Seconds(Duration::from_secs(5)),
             shutdown_timeout: Seconds(Duration::from_secs(20)),
+            worker_threads: 1,
         }
     }
 }
@@ -368,6 +373,12 @@ impl Config {
             return Err((
                 "proxy.max_prepared_statements".into(),
                 "must be at least 1".into(),
+            ));
+        }
+        if p.worker_threads > 1024 {
+            return Err((
+                "proxy.worker_threads".into(),
+                "must be 0 (one per CPU core) to 1024".into(),
             ));
         }
         if p.query_wait_timeout.0.is_zero() {

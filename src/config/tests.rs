@@ -68,6 +68,16 @@ fn environment_overrides_proxy_keys() {
     let c = Config::parse(MINIMAL, "f", vars.into_iter()).unwrap();
     assert_eq!(c.proxy.pool_size, 7);
     assert_eq!(c.proxy.query_wait_timeout.0, Duration::from_millis(250));
+    assert_eq!(c.proxy.worker_threads, 1, "one event loop by default");
+    let threads = vec![("PGSPLIT_PROXY_WORKER_THREADS".to_string(), "0".to_string())];
+    let c = Config::parse(MINIMAL, "f", threads.into_iter()).unwrap();
+    assert_eq!(c.proxy.worker_threads, 0);
+    let too_many = vec![(
+        "PGSPLIT_PROXY_WORKER_THREADS".to_string(),
+        "5000".to_string(),
+    )];
+    let e = Config::parse(MINIMAL, "f", too_many.into_iter()).unwrap_err();
+    assert_eq!(e.key, "proxy.worker_threads");
     let bad = vec![("PGSPLIT_PROXY_NOPE".to_string(), "1".to_string())];
     let e = Config::parse(MINIMAL, "f", bad.into_iter()).unwrap_err();
     assert_eq!(e.key, "PGSPLIT_PROXY_NOPE");
