@@ -78,7 +78,7 @@ fn main() -> ExitCode {
         Some(c) => init_logging(c.proxy.log_format, &c.proxy.log_level),
         None => init_logging(LogFormat::Text, "info"),
     }
-    // The demo keeps tokio's default: it also runs PostgreSQL's tools.
+    // The demo, which has no config file, keeps the multi-thread runtime.
     let threads = config.as_ref().map_or(0, |c| c.proxy.worker_threads);
     let runtime = match build_runtime(threads) {
         Ok(r) => r,
