@@ -148,15 +148,7 @@ async fn a_commit_orphaned_by_a_terminated_sync_wait_is_reported() {
             (row.map(|r| r.get::<_, i32>(0)), c)
         })
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let pid = loop {
-        let pid = env.leader_sql("SELECT pid FROM pg_stat_activity WHERE wait_event = 'SyncRep'");
-        if !pid.is_empty() {
-            break pid;
-        }
-        assert!(Instant::now() < deadline, "the commit never waited");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let pid = env.leader_backend_where("wait_event = 'SyncRep'").await;
     env.leader_sql(&format!("SELECT pg_terminate_backend({pid})"));
     let (row, client) = tokio::time::timeout(Duration::from_secs(10), insert)
         .await
@@ -209,7 +201,10 @@ async fn a_statement_cut_off_by_a_fast_shutdown_is_sent_again() {
                 .map_err(|e| format!("{:?} {e}", sqlstate(&e)))
         })
     };
-    wait_for_lock_wait(&env, "INSERT INTO waits VALUES ($1)").await;
+    env.leader_backend_where(
+        "wait_event_type = 'Lock' AND starts_with(query, 'INSERT INTO waits VALUES ($1)')",
+    )
+    .await;
     tokio::task::block_in_place(|| env.cluster.restart_fast(&env.cluster.leader)).unwrap();
     let row = tokio::time::timeout(Duration::from_secs(30), insert)
         .await
@@ -223,20 +218,4 @@ async fn a_statement_cut_off_by_a_fast_shutdown_is_sent_again() {
         .unwrap()
         .get(0);
     assert_eq!(count, 1, "the row was inserted once");
-}
-
-/// Waits until a statement starting with `text` waits for a lock on the
-/// leader; returns its backend's pid.
-async fn wait_for_lock_wait(env: &TestEnv, text: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let pid = env.leader_sql(&format!(
-            "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND starts_with(query, '{text}')"
-        ));
-        if !pid.is_empty() {
-            return pid;
-        }
-        assert!(Instant::now() < deadline, "{text} never waited");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }

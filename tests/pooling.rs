@@ -226,17 +226,9 @@ async fn server_killed_mid_query_fails_only_that_client() {
     // The same in the simple protocol, where the FATAL is the first answer.
     let victim = env.connect().await;
     let running = tokio::spawn(async move { victim.simple_query("SELECT pg_sleep(31)").await });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    let pid = loop {
-        let pid = env.leader_sql(
-            "SELECT pid FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(31)' AND state = 'active'",
-        );
-        if !pid.is_empty() {
-            break pid;
-        }
-        assert!(std::time::Instant::now() < deadline, "pg_sleep never ran");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let pid = env
+        .leader_backend_where("query = 'SELECT pg_sleep(31)' AND state = 'active'")
+        .await;
     env.leader_sql(&format!("SELECT pg_terminate_backend({pid})"));
     let result = tokio::time::timeout(Duration::from_secs(10), running)
         .await

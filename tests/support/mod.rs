@@ -143,6 +143,25 @@ impl TestEnv {
             .to_string()
     }
 
+    /// Waits (up to 10 s) until a backend on the leader matches the
+    /// `pg_stat_activity` condition `condition`; returns its pid.
+    pub async fn leader_backend_where(&self, condition: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let pid = self.leader_sql(&format!(
+                "SELECT pid FROM pg_stat_activity WHERE {condition} LIMIT 1"
+            ));
+            if !pid.is_empty() {
+                return pid;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no backend with {condition}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Server processes of the app user on the leader (excluding the one
     /// asking).
     pub fn app_backends(&self) -> usize {
