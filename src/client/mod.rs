@@ -4,6 +4,7 @@
 //! parameters), [`tracker`] (what the server still owes) and [`outq`]
 //! (write queues).
 
+pub mod answers;
 pub mod auth;
 pub mod close;
 pub mod idle;
