@@ -17,9 +17,28 @@ async fn health_readiness_and_topology() {
     assert_eq!(http_get(admin, "/healthz").await, (200, "ok\n".into()));
     assert_eq!(http_get(admin, "/readyz").await, (200, "ready\n".into()));
     assert_eq!(http_get(admin, "/nothing").await.0, 404);
-    let (status, body) = http_get(admin, "/topology").await;
-    assert_eq!(status, 200);
-    let doc: Value = serde_json::from_str(&body).expect("JSON");
+    // The replicas' first health and WAL probes may still be on their way
+    // on a busy machine: wait (up to 10 s) until both show in /topology.
+    let replicas_known = |doc: &Value| {
+        let members = doc["clusters"][0]["members"].as_array().cloned();
+        members
+            .unwrap_or_default()
+            .iter()
+            .filter(|m| m["role"] == "replica")
+            .filter(|m| m["healthy"] == true && m["lag_bytes"].is_u64())
+            .count()
+            == 2
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let doc = loop {
+        let (status, body) = http_get(admin, "/topology").await;
+        assert_eq!(status, 200);
+        let doc: Value = serde_json::from_str(&body).expect("JSON");
+        if replicas_known(&doc) || std::time::Instant::now() > deadline {
+            break doc;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let cluster = &doc["clusters"][0];
     assert_eq!(cluster["name"], "main");
     assert_eq!(cluster["source"], "static");
