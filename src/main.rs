@@ -104,7 +104,7 @@ fn main() -> ExitCode {
 
 /// The runtime for `worker_threads`: one thread runs a single event loop
 /// (tokio's current-thread scheduler: no work stealing, no cross-thread
-/// wake-ups; 5-18% less CPU per pooled transaction in A/B runs here);
+/// wake-ups; up to 18% less CPU per pooled transaction in A/B runs here);
 /// more use the multi-thread scheduler, 0 with one worker per CPU core.
 fn build_runtime(threads: u32) -> std::io::Result<tokio::runtime::Runtime> {
     let mut builder = match threads {
