@@ -31,6 +31,17 @@ pub struct ServerSpec {
     pub tls: Option<(tokio_rustls::TlsConnector, ServerTlsMode)>,
 }
 
+impl ServerSpec {
+    /// The StartupMessage pgsplit opens a server connection with (also
+    /// what the shutdown probe sends).
+    pub fn startup_message(&self) -> std::io::Result<BytesMut> {
+        let mut out = BytesMut::new();
+        let params = [("user", &*self.user), ("database", &*self.database)];
+        frontend::startup_message(params.iter().copied(), &mut out)?;
+        Ok(out)
+    }
+}
+
 /// Why a server connection could not be opened or used.
 #[derive(Debug, Error)]
 pub enum ServerError {
@@ -213,9 +224,7 @@ impl ServerConn {
             unnamed_owner: None,
             created: Instant::now(),
         };
-        let mut out = BytesMut::new();
-        let params = [("user", &*spec.user), ("database", &*spec.database)];
-        frontend::startup_message(params.iter().copied(), &mut out).map_err(io)?;
+        let out = spec.startup_message().map_err(io)?;
         conn.wr.write_all(&out).await.map_err(io)?;
         conn.authenticate(spec).await?;
         conn.read_until_ready().await?;

@@ -15,8 +15,6 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
-use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -41,10 +39,7 @@ pub async fn shutting_down(spec: &ServerSpec) -> bool {
 /// The first message the server sends after a startup packet.
 async fn first_answer(spec: &ServerSpec) -> std::io::Result<Vec<u8>> {
     let mut tcp = TcpStream::connect(&*spec.addr).await?;
-    let mut out = BytesMut::new();
-    let params = [("user", &*spec.user), ("database", &*spec.database)];
-    frontend::startup_message(params.iter().copied(), &mut out)?;
-    tcp.write_all(&out).await?;
+    tcp.write_all(&spec.startup_message()?).await?;
     let mut answer = vec![0u8; HEADER_LEN];
     tcp.read_exact(&mut answer).await?;
     let header = peek_header(&answer, MAX_ANSWER)
