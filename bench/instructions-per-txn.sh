@@ -26,7 +26,7 @@ start_leader 10
 OUT=$(mktemp /tmp/pgsplit-callgrind.XXXXXX)
 cat > "$WORK/under-callgrind" <<WRAP
 #!/bin/sh
-exec valgrind --tool=callgrind --callgrind-out-file=$OUT ${PGSPLIT_BIN:-$ROOT/target/release/pgsplit} "\$@"
+exec valgrind --tool=callgrind ${CALLGRIND_ARGS:-} --callgrind-out-file=$OUT ${PGSPLIT_BIN:-$ROOT/target/release/pgsplit} "\$@"
 WRAP
 chmod +x "$WORK/under-callgrind"
 PGSPLIT_BIN=$WORK/under-callgrind start_pgsplit scram-sha-256
