@@ -27,9 +27,9 @@ pub struct Shared {
     pub users: arc_swap::ArcSwap<UserDirectory>,
     /// Read/write classification with the configured write functions.
     pub classifier: arc_swap::ArcSwap<Classifier>,
-    /// Bumped whenever `classifier` is replaced: sessions keep what they
-    /// classified under an epoch (see `ClientStatements::recent_summary`).
-    pub classifier_epoch: AtomicU64,
+    /// Bumped once a reload has stored the new config and classifier:
+    /// sessions keep both at hand until it moves (`client::settings`).
+    pub settings_epoch: AtomicU64,
     /// The config in force; a reload swaps it.
     config: arc_swap::ArcSwap<Config>,
     /// The running topology sources and probes.
@@ -72,6 +72,11 @@ impl Shared {
         self.config.load()
     }
 
+    /// The config in force, to keep (see `client::settings`).
+    pub fn config_arc(&self) -> Arc<Config> {
+        self.config.load_full()
+    }
+
     /// Puts `config` in force (see `admin::reload` for what each part
     /// does to running clients and servers).
     pub fn apply_config(&self, config: Config) {
@@ -97,11 +102,11 @@ impl Shared {
         self.users.store(Arc::new(UserDirectory::new(&config)));
         self.classifier
             .store(Arc::new(Classifier::new(&config.routing.write_functions)));
-        self.classifier_epoch.fetch_add(1, Ordering::Relaxed);
         let probes = probe_settings(&config, self.server_tls.clone());
         let restarted = self.sources.apply(&config, probes, self.topology.clone());
         tracing::info!(pool_groups_renewed = renewed, sources_restarted = ?restarted, users = config.users.len(), "config reloaded");
         self.config.store(Arc::new(config));
+        self.settings_epoch.fetch_add(1, Ordering::Release);
     }
 
     /// PAUSE: transactions that have not started wait.
@@ -252,7 +257,7 @@ impl Proxy {
             pins: AtomicU64::new(0),
             write_marks: Mutex::new(HashMap::new()),
             next_client_id: AtomicU64::new(1),
-            classifier_epoch: AtomicU64::new(0),
+            settings_epoch: AtomicU64::new(0),
         });
         tokio::spawn(pools.clone().run_sweeper(stop.clone()));
         let interval = shared.config().routing.probe_interval.0;

@@ -16,6 +16,7 @@ pub mod replay;
 pub mod rewrite;
 pub mod routing;
 pub mod session;
+pub mod settings;
 pub mod spare;
 pub mod statements;
 pub mod tracker;

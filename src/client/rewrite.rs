@@ -7,14 +7,13 @@
 //! client's own and nothing is rewritten.
 
 use bytes::{BufMut, Bytes};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::session::Session;
 use super::statements::{ClassifyKey, Statement};
 use super::tracker::Synthetic;
 use crate::config::PoolMode;
-use crate::route::classify::Summary;
+use crate::route::classify::{Classifier, Summary};
 use crate::route::session::{effects, may_have_effects, Effect};
 use crate::wire::frame::{peek_header, read_cstr, Header, HEADER_LEN};
 use crate::wire::messages::ProxyError;
@@ -29,7 +28,7 @@ impl Session<'_> {
     /// mode, and in session mode with read/write splitting, where a
     /// session's statements must exist on its leader and replica servers.
     pub(super) fn pooled_statements(&self) -> bool {
-        self.mode == PoolMode::Transaction || self.shared.config().routing.read_write_split
+        self.mode == PoolMode::Transaction || self.settings.config.routing.read_write_split
     }
 
     fn standard_strings(&self) -> bool {
@@ -38,16 +37,13 @@ impl Session<'_> {
 
     /// What classifying a text depends on besides the text.
     pub(super) fn classify_key(&self) -> ClassifyKey {
-        (
-            self.shared.classifier_epoch.load(Ordering::Relaxed),
-            self.standard_strings(),
-        )
+        (self.settings.epoch(), self.standard_strings())
     }
 
     /// Classifies statement text under `key` (text that is not UTF-8
     /// goes to the leader).
     pub(super) fn classify_text(&self, text: &[u8], key: ClassifyKey) -> Summary {
-        classify(self.shared, text, key)
+        classify(&self.settings.classifier, text, key)
     }
 
     /// Whether the server holds the client's current unnamed statement.
@@ -172,7 +168,7 @@ impl Session<'_> {
     /// Close for an evicted statement) when it does not. `visible` is true
     /// when the client itself sent the Parse.
     fn ensure_prepared(&mut self, statement: &Arc<Statement>, visible: bool) {
-        let capacity = self.shared.config().proxy.max_prepared_statements as usize;
+        let capacity = self.settings.config.proxy.max_prepared_statements as usize;
         let Some(server) = self.server.as_deref_mut() else {
             return;
         };
@@ -332,10 +328,10 @@ impl Session<'_> {
         let query = leading_name(&rest);
         let key = self.classify_key();
         if name.is_empty() {
-            let shared = self.shared;
+            let classifier = &self.settings.classifier;
             let (seq, summary) = self
                 .statements
-                .set_unnamed(&rest, key, || classify(shared, query, key));
+                .set_unnamed(&rest, key, || classify(classifier, query, key));
             self.pin_for_parse(query, summary);
             if let Some(server) = self.server.as_deref_mut() {
                 server.unnamed_owner = Some((self.login.client_id, seq));
@@ -426,11 +422,8 @@ impl Session<'_> {
 
 /// Classifies statement text under `key` (text that is not UTF-8 goes to
 /// the leader).
-fn classify(shared: &crate::proxy::Shared, text: &[u8], key: ClassifyKey) -> Summary {
-    std::str::from_utf8(text).map_or_else(
-        |_| Summary::leader(),
-        |t| shared.classifier.load().classify(t, key.1),
-    )
+fn classify(classifier: &Classifier, text: &[u8], key: ClassifyKey) -> Summary {
+    std::str::from_utf8(text).map_or_else(|_| Summary::leader(), |t| classifier.classify(t, key.1))
 }
 
 /// The statement name in a single `DEALLOCATE [PREPARE] name` query body.

@@ -470,14 +470,14 @@ impl Session<'_> {
         // Made-up answers are held back only for a unit seen to end in a
         // Sync (set by the scan below).
         self.routing.unit_complete = false;
-        let routing = &self.shared.config().routing;
         if self.routing.read_only {
             return Some(Decision::To(Target::Replica));
         }
-        if !routing.read_write_split {
+        if !self.settings.config.routing.read_write_split {
             return Some(Decision::To(Target::Leader));
         }
         let unit = self.scan_unit(at, tag);
+        let routing = &self.settings.config.routing;
         self.routing.unit_complete = unit.complete;
         if unit.neutral {
             return None;
@@ -646,7 +646,7 @@ impl Session<'_> {
     /// closed, the member is marked as in recovery, and the wait goes on.
     /// Returns false when the request was answered with an error instead.
     async fn take_server(&mut self, role: Role, tag: u8) -> Result<bool, CloseReason> {
-        let wait = self.shared.config().routing.leader_wait_timeout.0;
+        let wait = self.settings.config.routing.leader_wait_timeout.0;
         let deadline = tokio::time::Instant::now() + wait;
         let mut topology = self.shared.topology.clone();
         loop {
@@ -773,7 +773,7 @@ impl Session<'_> {
     }
 
     fn no_leader_in_time(&mut self, tag: u8) -> Result<bool, CloseReason> {
-        let wait = self.shared.config().routing.leader_wait_timeout.0;
+        let wait = self.settings.config.routing.leader_wait_timeout.0;
         let e = no_member(format!(
             "no leader known for cluster \"{}\" within leader_wait_timeout ({wait:?})",
             self.routing.cluster
@@ -817,7 +817,6 @@ impl Session<'_> {
         cluster: &'t ClusterTopology,
         role: Role,
     ) -> Result<&'t Member, Pick> {
-        let routing = &self.shared.config().routing;
         let leader = || cluster.leader().ok_or(Pick::NoLeader);
         if role == Role::Leader {
             return leader();
@@ -827,6 +826,7 @@ impl Session<'_> {
             // Read-your-writes cannot be judged yet: the leader is safe.
             Err(()) => return leader(),
         };
+        let routing = &self.settings.config.routing;
         if let Some(m) = choose_reader(cluster, routing, need, &mut self.routing.rng) {
             return Ok(m);
         }
@@ -846,7 +846,7 @@ impl Session<'_> {
     /// The WAL position a replica must have replayed for this client to see
     /// its own writes; `Err` while it cannot be known yet.
     fn need_lsn(&mut self, cluster: &ClusterTopology) -> Result<Option<u64>, ()> {
-        if self.shared.config().routing.read_your_writes == ReadYourWrites::Off
+        if self.settings.config.routing.read_your_writes == ReadYourWrites::Off
             || self.routing.read_only
         {
             return Ok(None);

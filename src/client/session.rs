@@ -27,6 +27,7 @@ use super::outq::OutQueue;
 use super::registry::ClientState;
 use super::replay::{Replay, Retry};
 use super::routing::{Point, Routing};
+use super::settings::Settings;
 use super::statements::ClientStatements;
 use super::tracker::Tracker;
 use crate::config::PoolMode;
@@ -49,8 +50,14 @@ const CLIENT_READ_LOW: usize = 512;
 const READ_LOW: usize = 4 * 1024;
 /// ReadyForQuery, idle: the answer to a Sync no server saw.
 const READY_IDLE: &[u8] = b"Z\0\0\0\x05I";
-/// Message types a client may send after login.
-const FRONTEND_TAGS: &[u8] = b"BCdcfDEHFPQSX";
+/// Message types a client may send after login (a `match`, not a slice
+/// search: it runs for every client message).
+fn is_frontend_tag(tag: u8) -> bool {
+    matches!(
+        tag,
+        b'B' | b'C' | b'd' | b'c' | b'f' | b'D' | b'E' | b'H' | b'F' | b'P' | b'Q' | b'S' | b'X'
+    )
+}
 /// How long a last error message may take to reach a leaving client.
 const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long the reset query may take before the server is closed instead.
@@ -70,6 +77,8 @@ pub(super) struct Session<'a> {
     pub(super) shared: &'a Shared,
     pub(super) login: LoggedIn,
     pub(super) mode: PoolMode,
+    /// The config and classifier in force, refreshed as input arrives.
+    pub(super) settings: Settings,
     max_message: usize,
     client_rd: ReadHalf,
     pub(super) client_wr: WriteHalf,
@@ -128,6 +137,7 @@ pub fn run<'a>(
     let session = Box::new(Session {
         shared,
         mode: shared.config().proxy.pool_mode,
+        settings: Settings::new(shared),
         max_message: shared.config().proxy.max_message_size.0,
         login,
         client_rd,
@@ -379,6 +389,7 @@ impl Session<'_> {
         // Input is being looked at now; a routing point blocks it again if
         // it must still wait.
         self.routing.blocked = false;
+        self.settings.refresh(self.shared);
         if self.idle.is_some() {
             self.last_activity = Instant::now();
         }
@@ -403,7 +414,7 @@ impl Session<'_> {
                 self.queue_client_messages(ready);
                 return Err(CloseReason::ClientTerminate);
             }
-            if !FRONTEND_TAGS.contains(&header.tag) {
+            if !is_frontend_tag(header.tag) {
                 self.queue_client_messages(ready);
                 let message = format!("invalid frontend message type {}", header.tag);
                 self.farewell(ProxyError::fatal("08P01", message)).await;
