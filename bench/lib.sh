@@ -28,7 +28,7 @@ cleanup() {
 # start_leader SCALE: initdb, start, create role app and pgbench tables.
 start_leader() {
     PGBIN=$(dirname "$(readlink -f "$(command -v postgres 2>/dev/null || ls -d /usr/lib/postgresql/*/bin/postgres | sort -V | tail -1)")")
-    (cd "$ROOT" && cargo build --release -q)
+    [ -n "${NO_BUILD:-}" ] || (cd "$ROOT" && cargo build --release -q)
     WORK=$(mktemp -d /tmp/pgsplit-bench.XXXXXX)
     chmod 755 "$WORK"
     [ "$(id -u)" = 0 ] && chown postgres: "$WORK"

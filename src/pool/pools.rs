@@ -271,7 +271,10 @@ impl ServerPool {
         let pool = self.clone();
         tokio::spawn(async move {
             match pool.open().await {
-                Ok(conn) => pool.give_back(conn),
+                Ok(conn) => {
+                    let closed = pool.slots().opened(conn, Instant::now());
+                    drop(closed);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot open a server connection");
                     let again = pool.slots().open_failed(CheckoutError::Connect(e));
