@@ -110,9 +110,6 @@ static BYTE_CLASS: [u8; 256] = {
 /// pgbench's TPC-B-like load).
 pub fn may_have_effects(sql: &[u8]) -> bool {
     let mut previous = 0;
-    // The last byte that is not white space ends a word or a quoted name.
-    let mut after_word = false;
-    let mut line_comment = false;
     for (i, &b) in sql.iter().enumerate() {
         let class = BYTE_CLASS[b as usize];
         if class == 2 && previous == 0 {
@@ -127,22 +124,29 @@ pub fn may_have_effects(sql: &[u8]) -> bool {
                     && rest[..t.len()].eq_ignore_ascii_case(t)
             });
             if let Some(&t) = trigger {
-                let whole_set =
-                    t == b"set" && rest.get(3).is_none_or(|&c| BYTE_CLASS[c as usize] == 0);
-                if !(whole_set && after_word && !line_comment) {
+                if t != b"set" || !set_inside_statement(sql, i) {
                     return true;
                 }
             }
         }
-        if b == b'-' && sql.get(i + 1) == Some(&b'-') {
-            line_comment = true;
-        }
-        if !b.is_ascii_whitespace() {
-            after_word = class != 0 || b == b'"';
-        }
         previous = class;
     }
     false
+}
+
+/// Whether the word SET at `at` is certainly not a statement's first word:
+/// the whole word (not `set_config`), after a word or a quoted name, with
+/// no `--` comment before it. Looked at only when SET is found, so the
+/// scan above stays one table lookup per byte.
+fn set_inside_statement(sql: &[u8], at: usize) -> bool {
+    let whole_word = sql.get(at + 3).is_none_or(|&c| BYTE_CLASS[c as usize] == 0);
+    let before = &sql[..at];
+    let after_word = before
+        .iter()
+        .rev()
+        .find(|c| !c.is_ascii_whitespace())
+        .is_some_and(|&c| BYTE_CLASS[c as usize] != 0 || c == b'"');
+    whole_word && after_word && memchr::memmem::find(before, b"--").is_none()
 }
 
 fn word(sql: &str, t: Option<&Token>) -> Option<String> {
