@@ -109,11 +109,16 @@ static BYTE_CLASS: [u8; 256] = {
 /// went through the lexer (a quarter of pgsplit's instructions under
 /// pgbench's TPC-B-like load).
 pub fn may_have_effects(sql: &[u8]) -> bool {
-    let mut previous = 0;
-    for (i, &b) in sql.iter().enumerate() {
-        let class = BYTE_CLASS[b as usize];
-        if class == 2 && previous == 0 {
-            let rest = &sql[i..];
+    let mut rest = sql;
+    loop {
+        // To the next word, then past it: two tight loops of one table
+        // lookup per byte.
+        let Some(start) = rest.iter().position(|&b| BYTE_CLASS[b as usize] != 0) else {
+            return false;
+        };
+        rest = &rest[start..];
+        let b = rest[0];
+        if BYTE_CLASS[b as usize] == 2 {
             // The first two letters rule out nearly every word before a
             // whole comparison (which looks at every byte).
             let (first, second) = (b | 0x20, rest.get(1).map_or(0, |c| c | 0x20));
@@ -124,14 +129,17 @@ pub fn may_have_effects(sql: &[u8]) -> bool {
                     && rest[..t.len()].eq_ignore_ascii_case(t)
             });
             if let Some(&t) = trigger {
-                if t != b"set" || !set_inside_statement(sql, i) {
+                if t != b"set" || !set_inside_statement(sql, sql.len() - rest.len()) {
                     return true;
                 }
             }
         }
-        previous = class;
+        let end = rest
+            .iter()
+            .position(|&b| BYTE_CLASS[b as usize] == 0)
+            .unwrap_or(rest.len());
+        rest = &rest[end..];
     }
-    false
 }
 
 /// Whether the word SET at `at` is certainly not a statement's first word:
