@@ -257,13 +257,13 @@ mod tests {
         // The next waiter is covered by the connection still opening.
         let (mut second, open) = wait(&mut s);
         assert!(!open, "one is already being opened for it");
-        let (_third, open) = wait(&mut s);
+        let (third, open) = wait(&mut s);
         assert!(open, "two wait, one is being opened");
         assert_eq!(s.counts(), (0, 3, 2));
         assert!(s.opened(2, Instant::now()).is_none());
         assert_eq!(second.try_recv().unwrap(), Ok(2));
         // Opened after everyone was served, a connection becomes idle.
-        drop(_third);
+        drop(third);
         assert!(s.opened(3, Instant::now()).is_none());
         assert_eq!(s.counts(), (1, 3, 0));
     }
