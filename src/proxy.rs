@@ -72,11 +72,6 @@ impl Shared {
         self.config.load()
     }
 
-    /// The config in force, to keep (see `client::settings`).
-    pub fn config_arc(&self) -> Arc<Config> {
-        self.config.load_full()
-    }
-
     /// Puts `config` in force (see `admin::reload` for what each part
     /// does to running clients and servers).
     pub fn apply_config(&self, config: Config) {

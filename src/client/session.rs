@@ -132,13 +132,22 @@ pub fn run<'a>(
     } else {
         pending
     };
+    // One snapshot of the config serves the session's fixed settings and
+    // its first requests.
+    let settings = Settings::new(shared);
+    let proxy = &settings.config.proxy;
+    let (mode, max_message, idle) = (
+        proxy.pool_mode,
+        proxy.max_message_size.0,
+        IdleTimer::new(proxy),
+    );
     // Boxed: async fn arguments are stored twice in the future (once as
     // the argument, once as the local), so pass a pointer, not the struct.
     let session = Box::new(Session {
         shared,
-        mode: shared.config().proxy.pool_mode,
-        settings: Settings::new(shared),
-        max_message: shared.config().proxy.max_message_size.0,
+        mode,
+        settings,
+        max_message,
         login,
         client_rd,
         client_wr,
@@ -153,7 +162,7 @@ pub fn run<'a>(
         skip_to_sync: false,
         scratch: BytesMut::new(),
         last_activity: Instant::now(),
-        idle: IdleTimer::new(&shared.config().proxy),
+        idle,
         routing,
         replay: Replay::default(),
         draining: false,

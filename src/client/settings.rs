@@ -25,7 +25,7 @@ impl Settings {
         let epoch = shared.settings_epoch.load(Ordering::Acquire);
         Settings {
             epoch,
-            config: shared.config_arc(),
+            config: Arc::clone(&shared.config()),
             classifier: shared.classifier.load_full(),
         }
     }
