@@ -4,9 +4,11 @@
 //! parameters), [`tracker`] (what the server still owes) and [`outq`]
 //! (write queues).
 
+pub mod acquire;
 pub mod answers;
 pub mod auth;
 pub mod close;
+pub mod ending;
 pub mod idle;
 pub mod login;
 pub mod outq;

@@ -8,7 +8,9 @@
 //! and only ReadyForQuery, ParameterStatus, CopyInResponse and
 //! ErrorResponse are looked at. Reading stops while a queue is above its
 //! high-water mark, so memory per client is bounded. What the server sends
-//! back is handled in [`super::answers`].
+//! back is handled in [`super::answers`]; how a session ends (idle
+//! timers, the last error, what becomes of its server) in
+//! [`super::ending`].
 //!
 //! In transaction mode the server goes back to the pool the moment its
 //! ReadyForQuery says idle and nothing else is in flight, before that
@@ -16,12 +18,12 @@
 //! server in any other state has that server closed, never pooled.
 
 use bytes::{Bytes, BytesMut};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use tokio::io::AsyncReadExt;
 
 use super::answers::ServerData;
 pub use super::close::CloseReason;
-use super::idle::{idle_check, IdleKind, IdleTimer};
+use super::idle::{idle_check, IdleTimer};
 use super::login::{checkout_error, server_error, Admitted, LoggedIn};
 use super::outq::OutQueue;
 use super::registry::ClientState;
@@ -58,10 +60,6 @@ fn is_frontend_tag(tag: u8) -> bool {
         b'B' | b'C' | b'd' | b'c' | b'f' | b'D' | b'E' | b'H' | b'F' | b'P' | b'Q' | b'S' | b'X'
     )
 }
-/// How long a last error message may take to reach a leaving client.
-const FAREWELL_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long the reset query may take before the server is closed instead.
-const RESET_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum Event {
     ClientRead(std::io::Result<usize>),
@@ -341,55 +339,6 @@ impl Session<'_> {
         }
     }
 
-    /// Nothing in flight and no transaction open: the client can be told
-    /// to go without losing anything.
-    fn idle_for_shutdown(&mut self) -> bool {
-        let status = self.server.as_ref().map_or(b'I', |s| s.status);
-        status == b'I'
-            && self.client_in.is_empty()
-            && self.to_server.is_empty()
-            && self.tracker.is_idle()
-            && !self.routing.blocked
-    }
-
-    /// The idle timer fired: disconnect the client if it has been idle
-    /// longer than the limit for its state, else re-arm.
-    async fn check_idle(&mut self) -> Option<CloseReason> {
-        let waiting_on_client = self.to_server.is_empty() && self.tracker.is_idle();
-        let status = self.server.as_ref().map(|s| s.status);
-        let pinned = self.pinned;
-        let timer = self.idle.as_mut()?;
-        let limit = timer.limit(status, waiting_on_client, pinned);
-        let idle_for = self.last_activity.elapsed();
-        match limit {
-            Some((d, kind)) if idle_for >= d => {
-                let (reason, error) = match kind {
-                    IdleKind::Session => (
-                        CloseReason::ClientIdleTimeout,
-                        ProxyError::fatal("57P05", "terminating connection due to idle-session timeout (client_idle_timeout)"),
-                    ),
-                    IdleKind::InTransaction => (
-                        CloseReason::IdleInTransactionTimeout,
-                        ProxyError::fatal(
-                            "25P03",
-                            "terminating connection due to idle-in-transaction timeout (idle_transaction_timeout)",
-                        ),
-                    ),
-                };
-                self.farewell(error).await;
-                Some(reason)
-            }
-            Some((d, _)) => {
-                timer.rearm(d - idle_for);
-                None
-            }
-            None => {
-                timer.rearm(timer.shortest());
-                None
-            }
-        }
-    }
-
     /// Cuts whole client messages off the buffer and queues them for the
     /// server, checking out a server first when the client holds none.
     /// Messages that need no rewriting are forwarded as one contiguous run.
@@ -630,67 +579,6 @@ impl Session<'_> {
             &self.to_server,
             &mut self.tracker,
         )
-    }
-
-    /// Sends a last error, with whatever was queued before it. Rare, so
-    /// its future is boxed rather than carried in every client's task.
-    pub(super) async fn farewell(&mut self, error: ProxyError) {
-        Box::pin(self.farewell_inner(error)).await
-    }
-
-    async fn farewell_inner(&mut self, error: ProxyError) {
-        self.shared.metrics.error_sent(&error.code);
-        self.to_client.push(error.to_bytes());
-        let _ = tokio::time::timeout(
-            FAREWELL_TIMEOUT,
-            self.to_client.write_all(&mut self.client_wr),
-        )
-        .await;
-    }
-
-    /// Returns the held server to the pool only if it is idle and in sync
-    /// (after the reset query in session mode); closes it otherwise.
-    async fn finish(&mut self, reason: CloseReason) {
-        if reason == CloseReason::ClientTerminate {
-            let _ = tokio::time::timeout(
-                FAREWELL_TIMEOUT,
-                self.to_client.write_all(&mut self.client_wr),
-            )
-            .await;
-        }
-        if let Some((parked, _)) = self.routing.parked.take() {
-            // Parked only when idle and in sync.
-            self.give_back_session_server(parked).await;
-        }
-        let Some(server) = self.server.take() else {
-            return;
-        };
-        let cancelled = self.login.cancel.release().await;
-        let in_sync = !cancelled
-            && server.is_clean()
-            && self.tracker.is_idle()
-            && self.to_server.is_empty()
-            && self.server_passthrough == 0;
-        if !in_sync {
-            tracing::debug!(server = %server.addr, "closing a server the client left mid-transaction");
-            discard(server);
-            return;
-        }
-        self.give_back_session_server(server).await;
-    }
-
-    /// Session mode runs the reset query before the server goes back;
-    /// a server that fails it is closed.
-    async fn give_back_session_server(&self, mut server: PooledServer) {
-        if self.mode == PoolMode::Session {
-            let query = &self.shared.config().proxy.server_reset_query;
-            if !query.is_empty() {
-                let reset = tokio::time::timeout(RESET_TIMEOUT, server.reset(query)).await;
-                if !matches!(reset, Ok(Ok(()))) {
-                    discard(server);
-                }
-            }
-        }
     }
 }
 
