@@ -1,5 +1,6 @@
-//! One pass over the bytes for the statement applications send most: a
-//! single SELECT / VALUES / TABLE / SHOW / WITH / EXPLAIN made of words,
+//! One pass over the bytes for the statements applications send most: a
+//! single SELECT / VALUES / TABLE / SHOW / WITH / EXPLAIN, or INSERT /
+//! UPDATE / DELETE / MERGE (a write, whatever follows), made of words,
 //! numbers, operators, `$n` parameters, plain string literals and quoted
 //! names, with at most a trailing semicolon.
 //!
@@ -18,6 +19,10 @@ use super::lexer::{class_of, skip_class, IDENT_CHAR, IDENT_START, NUMBER_CHAR, O
 
 /// The words that open a statement that may only read.
 const READ_OPENERS: &[&[u8]] = &[b"select", b"values", b"table", b"show", b"with", b"explain"];
+/// The words that open a statement that writes whatever follows. Read
+/// here too (TPC-B-like work is mostly these): the rest only has to be
+/// shown to be one statement without comments.
+const WRITE_OPENERS: &[&[u8]] = &[b"insert", b"update", b"delete", b"merge"];
 
 /// The summary of `sql` when it is one statement of the plain shape this
 /// module reads; `None` sends it to the token-based classifier.
@@ -30,14 +35,15 @@ pub fn single_statement(
     let mut pos = skip_class(src, 0, SPACE);
     let first_end = word_end(src, pos)?;
     let first = &src[pos..first_end];
-    if !READ_OPENERS.iter().any(|w| first.eq_ignore_ascii_case(w)) {
+    let opens = |openers: &[&[u8]]| openers.iter().any(|w| first.eq_ignore_ascii_case(w));
+    let mut writes = opens(WRITE_OPENERS);
+    if !writes && !opens(READ_OPENERS) {
         return None;
     }
     // The previous token as the next one may need it: a name that a `(`
     // makes a function call, and whether it was the word FOR.
     let mut name = Some((pos, first_end));
     let mut after_for = false;
-    let mut writes = false;
     pos = first_end;
     loop {
         pos = skip_class(src, pos, SPACE);
@@ -48,7 +54,7 @@ pub fn single_statement(
         } else if class_of(c) & IDENT_START != 0 {
             let end = word_end(src, pos)?;
             let word = &src[pos..end];
-            writes |= writes_word(word, after_for);
+            writes = writes || writes_word(word, after_for);
             (end, Some((pos, end)), word.eq_ignore_ascii_case(b"for"))
         } else if c.is_ascii_digit() || (c == b'.' && next.is_ascii_digit()) {
             (skip_class(src, pos, NUMBER_CHAR), None, false)
@@ -78,7 +84,7 @@ pub fn single_statement(
         } else if matches!(c, b'\'' | b'$') {
             return None;
         } else {
-            if c == b'(' {
+            if c == b'(' && !writes {
                 if let Some((s, e)) = name {
                     let called = sql[s..e].trim_matches('"');
                     writes |= classifier.writes(called);
@@ -198,6 +204,12 @@ mod tests {
         "SELECT (1;",
         "select\tx\nfrom\rt",
         "SELECT 'é', \"ü\" FROM t",
+        "INSERT INTO t VALUES (1)",
+        "UPDATE pgbench_accounts SET abalance = abalance + -4380 WHERE aid = 775640;",
+        "insert into pgbench_history (tid, bid, aid, delta, mtime) values (7, 1, 384, -2945, CURRENT_TIMESTAMP);",
+        "DELETE FROM t WHERE x = 'a;b' RETURNING *",
+        "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET v = s.v",
+        "update t set v = nextval('s')",
     ];
 
     #[test]
@@ -225,7 +237,11 @@ mod tests {
             ("SELECT 1; SELECT 2", true),
             ("SELECT 1; DELETE FROM t", true),
             ("BEGIN", true),
-            ("INSERT INTO t VALUES (1)", true),
+            ("UPDATE t SET x = 1; SELECT 1", true),
+            ("UPDATE t SET x = 1 -- set", true),
+            ("/* pgsplit:replica */ DELETE FROM t", true),
+            ("INSERT INTO t VALUES ($$a$$)", true),
+            ("upsert t", true),
             ("(SELECT 1)", true),
             ("", true),
             ("   ", true),
@@ -310,7 +326,8 @@ mod tests {
         };
         let mut read_here = 0;
         for _ in 0..20_000 {
-            let mut sql = String::from(["SELECT ", "select", "WITH ", "x "][next(4)]);
+            let mut sql =
+                String::from(["SELECT ", "select", "WITH ", "x ", "UPDATE ", "insert"][next(6)]);
             for _ in 0..next(12) {
                 sql.push_str(FRAGMENTS[next(FRAGMENTS.len())]);
                 if next(2) == 0 {
