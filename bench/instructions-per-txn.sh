@@ -10,6 +10,10 @@
 # Defaults: 10 clients, 2,000 transactions each, select-only (-S). Keeps
 # the callgrind file for callgrind_annotate (its path is printed);
 # PGSPLIT_BIN picks the binary. Installs valgrind when missing.
+# CACHE=1 also simulates the caches: first-level instruction and data
+# misses per transaction, and the code executed on every transaction
+# (64-byte lines run at least once per transaction on average), the
+# footprint to hold against the 32 KiB instruction cache.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 CLIENTS=${1:-10}
@@ -24,6 +28,7 @@ fi
 
 start_leader 10
 OUT=$(mktemp /tmp/pgsplit-callgrind.XXXXXX)
+if [ -n "${CACHE:-}" ]; then CALLGRIND_ARGS="${CALLGRIND_ARGS:-} --cache-sim=yes --dump-instr=yes"; fi
 cat > "$WORK/under-callgrind" <<WRAP
 #!/bin/sh
 exec valgrind --tool=callgrind ${CALLGRIND_ARGS:-} --callgrind-out-file=$OUT ${PGSPLIT_BIN:-$ROOT/target/release/pgsplit} "\$@"
@@ -32,7 +37,9 @@ chmod +x "$WORK/under-callgrind"
 PGSPLIT_BIN=$WORK/under-callgrind start_pgsplit scram-sha-256
 pgbench_run() { PGPASSWORD=app-secret pgbench -n -c "$CLIENTS" -j 2 -t "$1" "${EXTRA[@]}" -h 127.0.0.1 -p "$SPLIT_PORT" -U app app; }
 for _ in $(seq 60); do pgbench_run 1 >/dev/null 2>&1 && break; sleep 1; done
-pgbench_run 50 >/dev/null
+# Long enough for the pool to reach its size: a server login (SCRAM key
+# derivation) inside the counted window would swamp it.
+pgbench_run 300 >/dev/null
 callgrind_control -z "$SPLIT_PID" >/dev/null
 pgbench_run "$TXNS" | grep -E '^(tps|number of transactions actually processed)'
 callgrind_control -d "$SPLIT_PID" >/dev/null
@@ -41,3 +48,40 @@ FILE=$(ls -t "$OUT"* | grep -v "^$OUT\$" | head -1)
 TOTAL=$(callgrind_annotate "$FILE" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
 echo "callgrind file: $FILE"
 echo "instructions per transaction: $((TOTAL / (CLIENTS * TXNS)))"
+[ -z "${CACHE:-}" ] || python3 - "$FILE" $((CLIENTS * TXNS)) <<'PY'
+import collections, re, sys
+path, txns = sys.argv[1], int(sys.argv[2])
+events, totals, per_addr, last, skip = [], None, collections.Counter(), 0, False
+for line in open(path):
+    if line.startswith("events:"):
+        events = line.split()[1:]
+        totals = [0] * len(events)
+    elif line.startswith("calls="):
+        skip = True  # the next cost line is the call's inclusive cost
+    elif line[0] in "0123456789+-*":
+        parts = line.split()
+        p = parts[0]
+        if p == "*":
+            addr = last
+        elif p[0] in "+-":
+            step = int(p[1:], 0)
+            addr = last + step if p[0] == "+" else last - step
+        else:
+            addr = int(p, 0)
+        last = addr
+        if skip:
+            skip = False
+            continue
+        costs = [int(c) for c in parts[2:]]  # positions: instr line
+        for i, c in enumerate(costs):
+            totals[i] += c
+        if costs:
+            per_addr[addr] += costs[0]
+lines = collections.Counter()
+for addr, n in per_addr.items():
+    lines[addr // 64] += n
+hot = sum(1 for n in lines.values() if n >= txns)
+get = lambda name: totals[events.index(name)] / txns
+print(f"I1 misses per transaction: {get('I1mr'):.0f}; D1 misses: {get('D1mr') + get('D1mw'):.0f}")
+print(f"code run on every transaction: {hot} lines of 64 bytes ({hot * 64 / 1024:.1f} KiB)")
+PY
