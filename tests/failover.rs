@@ -60,7 +60,13 @@ async fn writes_wait_for_a_promoted_replica() {
             errors
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The writers log in and start within a few seconds even when the
+    // machine is busy with other tests (a fixed 500 ms once was not enough).
+    let started = Instant::now();
+    while ok.load(Ordering::Relaxed) == 0 && started.elapsed() < Duration::from_secs(15) {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let before = ok.load(Ordering::Relaxed);
     assert!(before > 0, "writes flow before the failover");
 
