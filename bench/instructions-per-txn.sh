@@ -49,7 +49,7 @@ TOTAL=$(callgrind_annotate "$FILE" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(","
 echo "callgrind file: $FILE"
 echo "instructions per transaction: $((TOTAL / (CLIENTS * TXNS)))"
 [ -z "${CACHE:-}" ] || python3 - "$FILE" $((CLIENTS * TXNS)) <<'PY'
-import collections, re, sys
+import collections, sys
 path, txns = sys.argv[1], int(sys.argv[2])
 events, totals, per_addr, last, skip = [], None, collections.Counter(), 0, False
 for line in open(path):
