@@ -3,6 +3,7 @@
 //! a write sends as many of them as one syscall takes.
 
 use bytes::{Buf, Bytes};
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::task::{Context, Poll, Waker};
@@ -13,6 +14,12 @@ const MAX_SLICES: usize = 32;
 
 /// Output up to this size in several chunks is joined into one plain write.
 const COALESCE_BYTES: usize = 1024;
+
+thread_local! {
+    /// Room to join small chunks in, kept per thread: a buffer on the
+    /// stack would be zeroed (a 1 KiB memset) on every joined write.
+    static JOINED: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
 
 /// Pending output for one socket.
 #[derive(Debug, Default)]
@@ -80,15 +87,13 @@ impl OutQueue {
         let written = match self.chunks.len() {
             0 => return Poll::Ready(Ok(())),
             1 => std::pin::Pin::new(&mut *w).poll_write(cx, &self.chunks[0]),
-            _ if self.len <= COALESCE_BYTES => {
-                let mut joined = [0u8; COALESCE_BYTES];
-                let mut at = 0;
+            _ if self.len <= COALESCE_BYTES => JOINED.with_borrow_mut(|joined| {
+                joined.clear();
                 for chunk in &self.chunks {
-                    joined[at..at + chunk.len()].copy_from_slice(chunk);
-                    at += chunk.len();
+                    joined.extend_from_slice(chunk);
                 }
-                std::pin::Pin::new(&mut *w).poll_write(cx, &joined[..at])
-            }
+                std::pin::Pin::new(&mut *w).poll_write(cx, joined)
+            }),
             n => {
                 let mut slices = [IoSlice::new(&[]); MAX_SLICES];
                 let n = n.min(MAX_SLICES);

@@ -64,7 +64,7 @@ impl Session<'_> {
             return false;
         }
         match tag {
-            b'P' => true,
+            b'P' => !self.note_unnamed_parse(body),
             b'B' => match read_cstr(body).and_then(|(_, rest)| read_cstr(rest)) {
                 Some((statement, _)) => !statement.is_empty() || !self.server_has_unnamed(),
                 None => false,
@@ -73,6 +73,29 @@ impl Session<'_> {
             b'Q' => self.note_query(body),
             _ => false,
         }
+    }
+
+    /// An unnamed Parse goes to the server as the client sent it, in one
+    /// run with the messages around it (pgbench -M extended and most
+    /// drivers' one-off queries send Parse to Sync in one write): it is only
+    /// noted. Returns false for a named Parse, which is rewritten.
+    fn note_unnamed_parse(&mut self, body: &[u8]) -> bool {
+        let name = leading_name(body);
+        if !name.is_empty() {
+            return false;
+        }
+        let rest = &body[(name.len() + 1).min(body.len())..];
+        let query = leading_name(rest);
+        let key = self.classify_key();
+        let classifier = &self.settings.classifier;
+        let (seq, summary) = self
+            .statements
+            .set_unnamed(rest, key, || classify(classifier, query, key));
+        self.pin_for_parse(query, summary);
+        if let Some(server) = self.server.as_deref_mut() {
+            server.unnamed_owner = Some((self.login.client_id, seq));
+        }
+        true
     }
 
     /// A simple Query: destroys the unnamed statement, may change session
@@ -299,7 +322,7 @@ impl Session<'_> {
         self.replay.record(&message);
         let body = message.slice(HEADER_LEN..);
         match header.tag {
-            b'P' => self.rewrite_parse(&message, body),
+            b'P' => self.rewrite_parse(body),
             b'B' => self.rewrite_bind(&message, body),
             b'D' => self.rewrite_describe(&message, body),
             b'C' => self.rewrite_close(&message, body),
@@ -322,23 +345,11 @@ impl Session<'_> {
         self.to_server.push(message);
     }
 
-    fn rewrite_parse(&mut self, message: &Bytes, body: Bytes) {
+    fn rewrite_parse(&mut self, body: Bytes) {
         let name = leading_name(&body);
         let rest = body.slice((name.len() + 1).min(body.len())..);
         let query = leading_name(&rest);
         let key = self.classify_key();
-        if name.is_empty() {
-            let classifier = &self.settings.classifier;
-            let (seq, summary) = self
-                .statements
-                .set_unnamed(&rest, key, || classify(classifier, query, key));
-            self.pin_for_parse(query, summary);
-            if let Some(server) = self.server.as_deref_mut() {
-                server.unnamed_owner = Some((self.login.client_id, seq));
-            }
-            self.forward(b'P', message.clone());
-            return;
-        }
         let name = String::from_utf8_lossy(name).into_owned();
         let statement = self
             .shared
