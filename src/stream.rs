@@ -4,9 +4,10 @@
 //! the common case pays nothing for TLS support; TLS streams split through
 //! `tokio::io::split`.
 
+use bytes::BytesMut;
 use std::io;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
@@ -59,6 +60,33 @@ impl Stream {
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
         !matches!(self, Stream::Plain(_))
+    }
+}
+
+impl ReadHalf {
+    /// Reads into `buf` what has already arrived, without waiting; `None`
+    /// when nothing has. Plain TCP takes one look at the socket's readiness
+    /// (no task budget, no waker), which matters on every checkout.
+    pub fn read_now(&mut self, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+        if let ReadHalf::Plain(tcp) = self {
+            return match tcp.try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+                other => Some(other),
+            };
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        // Uninitialised: zeroing it on every call would cost more than
+        // the read.
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
+        let mut read = ReadBuf::uninit(&mut chunk);
+        match Pin::new(self).poll_read(&mut cx, &mut read) {
+            Poll::Pending => None,
+            Poll::Ready(Ok(())) => {
+                buf.extend_from_slice(read.filled());
+                Some(Ok(read.filled().len()))
+            }
+            Poll::Ready(Err(e)) => Some(Err(e)),
+        }
     }
 }
 

@@ -174,7 +174,7 @@ impl Session<'_> {
         let len: usize = parts.iter().map(|p| p.len()).sum();
         if self.scratch.capacity() == 0 {
             // Room for several messages: each is split off as it is made.
-            self.scratch = super::spare::take((len + HEADER_LEN).max(1024));
+            self.scratch = super::spare::take(len + HEADER_LEN, 1024);
         } else {
             self.scratch.reserve(len + HEADER_LEN);
         }

@@ -181,7 +181,10 @@ async fn read_client(rd: &mut ReadHalf, buf: &mut BytesMut) -> std::io::Result<u
         std::future::poll_fn(|cx| tcp.as_ref().poll_read_ready(cx)).await?;
     }
     if buf.capacity() == 0 {
-        *buf = super::spare::take(CLIENT_READ_RESERVE);
+        // A spare keeps whatever room it has left while that is enough:
+        // asking for the full reserve would reclaim or reallocate it on
+        // every transaction.
+        *buf = super::spare::take(CLIENT_READ_LOW, CLIENT_READ_RESERVE);
     } else if buf.capacity() - buf.len() < CLIENT_READ_LOW {
         buf.reserve(CLIENT_READ_RESERVE);
     }

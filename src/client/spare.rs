@@ -24,15 +24,18 @@ thread_local! {
 }
 
 /// An empty buffer with room for at least `min` bytes: a spare one when
-/// this thread has one, else a new one.
-pub fn take(min: usize) -> BytesMut {
+/// this thread has one (grown to `fresh` bytes when it has less than
+/// `min`), else a new one of `fresh` bytes.
+pub fn take(min: usize, fresh: usize) -> BytesMut {
     let spare = SPARE.with(|s| s.try_borrow_mut().ok().and_then(|mut s| s.pop()));
     match spare {
         Some(mut buf) => {
-            buf.reserve(min);
+            if buf.capacity() - buf.len() < min {
+                buf.reserve(fresh.max(min));
+            }
             buf
         }
-        None => BytesMut::with_capacity(min),
+        None => BytesMut::with_capacity(fresh.max(min)),
     }
 }
 
@@ -57,13 +60,13 @@ mod tests {
 
     #[test]
     fn a_given_buffer_is_taken_again_on_the_same_thread() {
-        let mut buf = take(4096);
+        let mut buf = take(512, 4096);
         assert!(buf.capacity() >= 4096);
         let addr = buf.as_ptr() as usize;
         buf.extend_from_slice(b"Q\0\0\0\x05");
         let message = buf.split_to(5).freeze();
         give(buf);
-        let again = take(512);
+        let again = take(512, 4096);
         assert!(again.is_empty() && again.capacity() >= 512);
         assert_eq!(
             message.as_ref(),
@@ -74,6 +77,24 @@ mod tests {
             again.as_ptr() as usize > addr,
             "the spare room of the given buffer is reused"
         );
+    }
+
+    #[test]
+    fn a_spare_short_of_room_is_grown_and_a_new_one_is_fresh_sized() {
+        std::thread::spawn(|| {
+            assert!(take(16, 4096).capacity() >= 4096, "no spare: a fresh one");
+            let mut buf = BytesMut::with_capacity(600);
+            buf.extend_from_slice(&[0; 300]);
+            let _sent = buf.split_to(300).freeze();
+            give(buf);
+            let grown = take(512, 4096);
+            assert!(
+                grown.capacity() >= 4096,
+                "300 bytes of room left, 512 asked"
+            );
+        })
+        .join()
+        .expect("thread");
     }
 
     #[test]

@@ -10,7 +10,7 @@ use postgres_protocol::message::{backend, frontend};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::stream::{ReadHalf, Stream, WriteHalf};
@@ -473,17 +473,11 @@ impl ServerConn {
     /// down or crashed. Returns whether the connection is still usable, so
     /// a dead one is never handed to a client.
     pub fn check_idle(&mut self) -> bool {
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        // Uninitialised: zeroing 2 KiB on every checkout costs more than
-        // the rest of the check, which is usually one readiness look.
-        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); 2048];
         loop {
-            let mut buf = tokio::io::ReadBuf::uninit(&mut chunk);
-            match std::pin::Pin::new(&mut self.rd).poll_read(&mut cx, &mut buf) {
-                std::task::Poll::Pending => break,
-                std::task::Poll::Ready(Ok(())) if buf.filled().is_empty() => return false,
-                std::task::Poll::Ready(Ok(())) => self.rbuf.extend_from_slice(buf.filled()),
-                std::task::Poll::Ready(Err(_)) => return false,
+            match self.rd.read_now(&mut self.rbuf) {
+                None => break,
+                Some(Ok(0)) | Some(Err(_)) => return false,
+                Some(Ok(_)) => {}
             }
             if self.rbuf.len() > 64 * 1024 {
                 return false;
