@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Where a transaction's CPU goes on the whole machine, pgsplit against
+# PgBouncer in front of the same leader, alternating runs: TPS, the share
+# of time both cores sat idle, CPU per transaction of the proxy, of the
+# PostgreSQL processes and of pgbench, context switches per transaction,
+# TCP segments per transaction and how many backends did the work. On a
+# machine that pgbench, the proxy and PostgreSQL share, TPS follows the
+# sum of those CPU figures and the idle share, not the proxy's alone.
+#
+#   bench/machine-per-txn.sh                      # 10 clients, select-only extended, 3 rounds of 4 s
+#   CLIENTS=50 ROUNDS=10 SECS=3 ARGS="-S -M simple" bench/machine-per-txn.sh
+#   B=/tmp/pgsplit-other bench/machine-per-txn.sh # a second pgsplit build in each round
+#
+# pgbench's CPU is its whole process (10 SCRAM logins included). Needs
+# nstat (iproute2). Traffic stays on loopback.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+CLIENTS=${CLIENTS:-10}
+ROUNDS=${ROUNDS:-3}
+SECS=${SECS:-4}
+read -r -a PGBENCH_ARGS <<<"${ARGS:--S -M extended}"
+
+start_leader 10
+start_pgsplit scram-sha-256
+NAMES=(pgsplit) PORTS=("$SPLIT_PORT") PROXY_PIDS=("$SPLIT_PID")
+if [ -n "${B:-}" ]; then
+    PGSPLIT_BIN=$B start_pgsplit scram-sha-256 b
+    NAMES+=(pgsplit-b) PORTS+=("$SPLIT_PORT") PROXY_PIDS+=("$SPLIT_PID")
+fi
+start_pgbouncer scram-sha-256
+NAMES+=(PgBouncer) PORTS+=("$BOUNCER_PORT") PROXY_PIDS+=("$BOUNCER_PID")
+sleep 1
+HZ=$(getconf CLK_TCK)
+
+# "busy idle" jiffies of the whole machine.
+machine() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat; }
+# "pid ticks" for every PostgreSQL process.
+backends() { for p in $(pgrep -u postgres postgres); do echo "$p $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)"; done | sort; }
+# "voluntary involuntary" context switches of the given processes.
+switches() { for p in "$@"; do cat "/proc/$p/status" 2>/dev/null; done | awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {n += $2} END {print v + 0, n + 0}'; }
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+run() { # NAME PORT PROXY_PID
+    local pgb=(pgbench -n -c "$CLIENTS" -j 2 "${PGBENCH_ARGS[@]}" -h 127.0.0.1 -p "$2" -U app app)
+    PGPASSWORD=app-secret "${pgb[@]}" -T 1 >/dev/null 2>&1
+    local pg_pids m0 b0 p0 s0 out m1 b1 p1 s1 tcp
+    pg_pids=$(pgrep -u postgres postgres | tr '\n' ' ')
+    nstat -n >/dev/null
+    m0=$(machine) b0=$(backends) p0=$(ticks "$3") s0=$(switches $pg_pids)
+    out=$({ /usr/bin/time -f "TIME %U %S" env PGPASSWORD=app-secret "${pgb[@]}" -T "$SECS"; } 2>&1)
+    m1=$(machine) b1=$(backends) p1=$(ticks "$3") s1=$(switches $pg_pids)
+    tcp=$(nstat 2>/dev/null | awk '$1 == "TcpOutSegs" {print $2}')
+    local txns tps pgbench_cpu worked pg_ticks
+    txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
+    tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
+    pgbench_cpu=$(awk '/^TIME/ {print $2 + $3}' <<<"$out")
+    read -r worked pg_ticks < <(join <(echo "$b0") <(echo "$b1") | awk '{d = $3 - $2; s += d; if (d > 5) n++} END {print n + 0, s + 0}')
+    awk -v name="$1" -v tps="$tps" -v n="$txns" -v m0="$m0" -v m1="$m1" -v hz="$HZ" \
+        -v proxy=$(($p1 - $p0)) -v pg="$pg_ticks" -v pgb="$pgbench_cpu" -v s0="$s0" -v s1="$s1" \
+        -v tcp="${tcp:-0}" -v worked="$worked" 'BEGIN {
+        split(m0, a, " "); split(m1, b, " "); split(s0, c, " "); split(s1, d, " ")
+        busy = b[1] - a[1]; idle = b[2] - a[2]
+        printf "%-10s tps %7.0f  idle %4.1f%%  us/txn: proxy %5.1f  postgres %5.1f  pgbench %5.1f  | postgres sleeps %.2f preempted %.2f /txn  tcp segments %.2f /txn  backends working %d\n",
+            name, tps, 100 * idle / (busy + idle), proxy / hz * 1e6 / n, pg / hz * 1e6 / n, pgb * 1e6 / n,
+            (d[1] - c[1]) / n, (d[2] - c[2]) / n, tcp / n, worked
+    }'
+}
+
+echo "clients=$CLIENTS args=${PGBENCH_ARGS[*]} rounds=$ROUNDS seconds=$SECS"
+for _ in $(seq "$ROUNDS"); do
+    for i in "${!NAMES[@]}"; do
+        run "${NAMES[$i]}" "${PORTS[$i]}" "${PROXY_PIDS[$i]}"
+    done
+done
