@@ -59,12 +59,21 @@ impl ClientEntry {
     /// [`wake_all`](ClientRegistry::wake_all) wakes it. (A flag, not a
     /// CancellationToken: its `is_cancelled` takes a lock shared by every
     /// session.)
+    ///
+    /// The waker is registered once per session (`registered` remembers
+    /// it): the session's task keeps one waker, and re-registering on every
+    /// poll cost two atomic compare-and-swaps each time the request loop
+    /// turned, four turns per transaction.
     pub fn drained<'a>(
         &'a self,
         draining: &'a std::sync::atomic::AtomicBool,
+        registered: &'a mut bool,
     ) -> impl std::future::Future<Output = ()> + 'a {
         std::future::poll_fn(move |cx| {
-            self.drain.register(cx.waker());
+            if !*registered {
+                self.drain.register(cx.waker());
+                *registered = true;
+            }
             if draining.load(Ordering::Acquire) {
                 std::task::Poll::Ready(())
             } else {
@@ -145,5 +154,37 @@ mod tests {
         assert_eq!(r.list()[1].state(), ClientState::Waiting);
         r.remove(1);
         assert_eq!(r.list().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_session_that_polled_many_times_is_woken_by_the_drain() {
+        use std::sync::atomic::AtomicBool;
+        use std::time::Duration;
+        let r = ClientRegistry::default();
+        let addr = SocketAddr::from(([127, 0, 0, 1], 5000));
+        let entry = Arc::new(ClientEntry::new(1, "u".into(), "d".into(), addr, false));
+        r.add(entry.clone());
+        let draining = Arc::new(AtomicBool::new(false));
+        let session = tokio::spawn({
+            let (entry, draining) = (entry.clone(), draining.clone());
+            async move {
+                let mut registered = false;
+                // The request loop makes a new future on every turn.
+                for _ in 0..3 {
+                    let turn = entry.drained(&draining, &mut registered);
+                    let waited = tokio::time::timeout(Duration::from_millis(10), turn).await;
+                    assert!(waited.is_err(), "not draining yet");
+                }
+                assert!(registered);
+                entry.drained(&draining, &mut registered).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        draining.store(true, Ordering::Release);
+        r.wake_all();
+        tokio::time::timeout(Duration::from_secs(10), session)
+            .await
+            .expect("the drain woke the session")
+            .expect("session task");
     }
 }

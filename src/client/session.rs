@@ -107,6 +107,8 @@ pub(super) struct Session<'a> {
     pub(super) replay: Replay,
     /// pgsplit is shutting down: the client goes once idle.
     draining: bool,
+    /// The session's waker is registered for the shutdown drain.
+    drain_registered: bool,
 }
 
 /// Serves a logged-in client until it leaves, then cleans up.
@@ -164,6 +166,7 @@ pub fn run<'a>(
         routing,
         replay: Replay::default(),
         draining: false,
+        drain_registered: false,
     });
     session.run()
 }
@@ -250,7 +253,7 @@ impl Session<'_> {
                     r = write_server(&mut self.to_server, swr), if can_write_server => Event::ServerWritten(r),
                     r = read_client(&mut self.client_rd, &mut self.client_in), if can_read_client => Event::ClientRead(r),
                     _ = idle_check(&mut self.idle) => Event::IdleCheck,
-                    _ = self.login.entry.drained(&self.shared.draining), if !self.draining => Event::Drain,
+                    _ = self.login.entry.drained(&self.shared.draining, &mut self.drain_registered), if !self.draining => Event::Drain,
                 }
             };
             match event {
