@@ -166,3 +166,41 @@ delegate_read!(Stream);
 delegate_write!(Stream);
 delegate_read!(ReadHalf);
 delegate_write!(WriteHalf);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn read_now_takes_what_arrived_and_tells_nothing_from_closed() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        let (mut peer, _) = accepted.unwrap();
+        let (mut rd, _wr) = Stream::Plain(client.unwrap()).split();
+        let mut buf = BytesMut::new();
+        assert!(rd.read_now(&mut buf).is_none(), "nothing arrived yet");
+        peer.write_all(b"S\0\0\0\x04").await.unwrap();
+        let mut got = None;
+        for _ in 0..200 {
+            got = rd.read_now(&mut buf);
+            if got.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(got.map(|r| r.unwrap()), Some(5));
+        assert_eq!(&buf[..], b"S\0\0\0\x04");
+        drop(peer);
+        let mut closed = None;
+        for _ in 0..200 {
+            closed = rd.read_now(&mut buf);
+            if closed.is_some() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(closed.map(|r| r.unwrap()), Some(0), "closed by the peer");
+    }
+}

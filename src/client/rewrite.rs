@@ -58,7 +58,8 @@ impl Session<'_> {
 
     /// Looks at one client message (`body` is what follows its length);
     /// returns true when it must go through [`Session::rewrite`] instead of
-    /// being forwarded as is. Also notes what a simple Query changes.
+    /// being forwarded as is. Also notes what a simple Query changes, and
+    /// an unnamed Parse (forwarded as is).
     pub(super) fn needs_rewrite(&mut self, tag: u8, body: &[u8]) -> bool {
         if !self.pooled_statements() {
             return false;
@@ -345,6 +346,8 @@ impl Session<'_> {
         self.to_server.push(message);
     }
 
+    /// A named Parse: the client's name maps onto a pooled statement,
+    /// which the server is given under its pooled name unless it has it.
     fn rewrite_parse(&mut self, body: Bytes) {
         let name = leading_name(&body);
         let rest = body.slice((name.len() + 1).min(body.len())..);
