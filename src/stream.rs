@@ -172,6 +172,18 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
+    /// `read_now` until it reports something (the I/O driver notes the
+    /// socket's readiness while the task sleeps).
+    async fn read_soon(rd: &mut ReadHalf, buf: &mut BytesMut) -> Option<io::Result<usize>> {
+        for _ in 0..200 {
+            if let Some(r) = rd.read_now(buf) {
+                return Some(r);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        None
+    }
+
     #[tokio::test]
     async fn read_now_takes_what_arrived_and_tells_nothing_from_closed() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -182,25 +194,11 @@ mod tests {
         let mut buf = BytesMut::new();
         assert!(rd.read_now(&mut buf).is_none(), "nothing arrived yet");
         peer.write_all(b"S\0\0\0\x04").await.unwrap();
-        let mut got = None;
-        for _ in 0..200 {
-            got = rd.read_now(&mut buf);
-            if got.is_some() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        let got = read_soon(&mut rd, &mut buf).await;
         assert_eq!(got.map(|r| r.unwrap()), Some(5));
         assert_eq!(&buf[..], b"S\0\0\0\x04");
         drop(peer);
-        let mut closed = None;
-        for _ in 0..200 {
-            closed = rd.read_now(&mut buf);
-            if closed.is_some() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        let closed = read_soon(&mut rd, &mut buf).await;
         assert_eq!(closed.map(|r| r.unwrap()), Some(0), "closed by the peer");
     }
 }
