@@ -5,7 +5,6 @@
 
 use bytes::BytesMut;
 use postgres_protocol::authentication::md5_hash;
-use postgres_protocol::authentication::sasl::{ChannelBinding, ScramSha256};
 use postgres_protocol::message::{backend, frontend};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::tls::ServerTlsMode;
 
 use crate::wire::messages::parse_error_fields;
+use crate::wire::scram_client;
 
 /// What it takes to open a server connection.
 #[derive(Clone)]
@@ -326,7 +326,7 @@ impl ServerConn {
     /// cleartext, md5 or SCRAM-SHA-256.
     async fn authenticate(&mut self, spec: &ServerSpec) -> Result<(), ServerError> {
         let mut out = BytesMut::new();
-        let mut scram: Option<ScramSha256> = None;
+        let mut scram: Option<scram_client::Login> = None;
         loop {
             out.clear();
             match self.next_message().await? {
@@ -352,32 +352,37 @@ impl ServerConn {
                             self.protocol("server offers no SASL mechanism pgsplit supports")
                         );
                     }
-                    let s =
-                        ScramSha256::new(spec.password.as_bytes(), ChannelBinding::unsupported());
-                    frontend::sasl_initial_response("SCRAM-SHA-256", s.message(), &mut out)
-                        .map_err(|e| self.io(e))?;
-                    scram = Some(s);
+                    let login = scram_client::Login::new();
+                    frontend::sasl_initial_response(
+                        "SCRAM-SHA-256",
+                        login.client_first(),
+                        &mut out,
+                    )
+                    .map_err(|e| self.io(e))?;
+                    scram = Some(login);
                 }
                 backend::Message::AuthenticationSaslContinue(body) => {
-                    let s = scram.as_mut().ok_or_else(|| ServerError::Protocol {
-                        addr: spec.addr.clone(),
-                        problem: "unexpected SASL continue".into(),
-                    })?;
-                    s.update(body.data()).map_err(|e| ServerError::Protocol {
-                        addr: spec.addr.clone(),
-                        problem: e.to_string(),
-                    })?;
-                    frontend::sasl_response(s.message(), &mut out).map_err(|e| self.io(e))?;
+                    let login = scram
+                        .as_mut()
+                        .ok_or_else(|| self.protocol("unexpected SASL continue"))?;
+                    let salt = login
+                        .server_first(body.data())
+                        .map_err(|e| self.protocol(e.to_string()))?;
+                    let keys = scram_client::keys(&spec.password, &salt)
+                        .await
+                        .map_err(|e| self.protocol(e.to_string()))?;
+                    let reply = login
+                        .client_final(&keys)
+                        .map_err(|e| self.protocol(e.to_string()))?;
+                    frontend::sasl_response(&reply, &mut out).map_err(|e| self.io(e))?;
                 }
                 backend::Message::AuthenticationSaslFinal(body) => {
-                    let s = scram.as_mut().ok_or_else(|| ServerError::Protocol {
-                        addr: spec.addr.clone(),
-                        problem: "unexpected SASL final".into(),
-                    })?;
-                    s.finish(body.data()).map_err(|e| ServerError::Protocol {
-                        addr: spec.addr.clone(),
-                        problem: format!("server signature: {e}"),
-                    })?;
+                    let login = scram
+                        .as_ref()
+                        .ok_or_else(|| self.protocol("unexpected SASL final"))?;
+                    login
+                        .server_final(body.data())
+                        .map_err(|e| self.protocol(e.to_string()))?;
                     continue;
                 }
                 backend::Message::ErrorResponse(body) => return Err(self.rejected(&body)),

@@ -2,8 +2,9 @@
 //! it, used to authenticate clients against the configured users.
 //!
 //! PostgreSQL ignores the user name inside the SCRAM messages and uses the
-//! startup packet's; so do we. Channel binding is not offered (no TLS yet),
-//! so only the `n,,` and `y,,` GS2 headers are accepted.
+//! startup packet's; so do we. Channel binding is not offered, even over
+//! TLS, so only the `n,,` and `y,,` GS2 headers are accepted. The key
+//! derivation here also serves the client side (`scram_client`).
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
@@ -46,26 +47,52 @@ impl std::fmt::Debug for Verifier {
     }
 }
 
-fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
+pub(crate) fn hmac(key: &[u8], data: &[u8]) -> [u8; 32] {
     let mut mac = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
     mac.update(data);
     mac.finalize().into_bytes().into()
 }
 
-/// PBKDF2-HMAC-SHA-256 with a 32-byte output ("Hi" in RFC 5802).
+/// PBKDF2-HMAC-SHA-256 with a 32-byte output ("Hi" in RFC 5802). The key
+/// is set up once and its state copied for each of the `iterations`
+/// rounds, which halves the hashing of keying every round afresh.
 fn hi(password: &[u8], salt: &[u8], iterations: u32) -> [u8; 32] {
+    let keyed = HmacSha256::new_from_slice(password).expect("HMAC takes any key length");
+    let round = |data: &[u8]| -> [u8; 32] {
+        let mut mac = keyed.clone();
+        mac.update(data);
+        mac.finalize().into_bytes().into()
+    };
     let mut block = Vec::with_capacity(salt.len() + 4);
     block.extend_from_slice(salt);
     block.extend_from_slice(&1u32.to_be_bytes());
-    let mut u = hmac(password, &block);
+    let mut u = round(&block);
     let mut out = u;
     for _ in 1..iterations {
-        u = hmac(password, &u);
+        u = round(&u);
         for (o, x) in out.iter_mut().zip(u.iter()) {
             *o ^= x;
         }
     }
     out
+}
+
+/// The password as SCRAM hashes it: SASLprep-normalised (RFC 4013) when it
+/// is valid UTF-8 and SASLprep accepts it, as is otherwise, which is what
+/// PostgreSQL and libpq do on their sides.
+fn normalize(password: &str) -> std::borrow::Cow<'_, str> {
+    stringprep::saslprep(password).unwrap_or(std::borrow::Cow::Borrowed(password))
+}
+
+/// ClientKey and ServerKey of a password for a salt and iteration count:
+/// the costly part of SCRAM on either side of an exchange.
+pub(crate) fn client_and_server_keys(
+    password: &str,
+    salt: &[u8],
+    iterations: u32,
+) -> ([u8; 32], [u8; 32]) {
+    let salted = hi(normalize(password).as_bytes(), salt, iterations);
+    (hmac(&salted, b"Client Key"), hmac(&salted, b"Server Key"))
 }
 
 impl Verifier {
@@ -80,10 +107,8 @@ impl Verifier {
 
     /// Derives a verifier with a given salt and iteration count.
     pub fn with_salt(password: &str, salt: &[u8], iterations: u32) -> Verifier {
-        let salted = hi(password.as_bytes(), salt, iterations);
-        let client_key = hmac(&salted, b"Client Key");
+        let (client_key, server_key) = client_and_server_keys(password, salt, iterations);
         let stored_key: [u8; 32] = Sha256::digest(client_key).into();
-        let server_key = hmac(&salted, b"Server Key");
         Verifier {
             salt: salt.to_vec(),
             iterations,
@@ -230,6 +255,16 @@ mod tests {
     #[test]
     fn right_password_passes_both_ways() {
         assert_eq!(exchange("s3cret", "s3cret"), Ok(()));
+    }
+
+    #[test]
+    fn passwords_are_saslprep_normalised_like_libpq_does() {
+        // A no-break space maps to a space; postgres-protocol's client
+        // normalises the same way.
+        assert_eq!(exchange("a\u{a0}b", "a b"), Ok(()));
+        assert_eq!(exchange("a b", "a\u{a0}b"), Ok(()));
+        // Not valid for SASLprep (a control character): used as is.
+        assert_eq!(exchange("a\u{7}b", "a\u{7}b"), Ok(()));
     }
 
     #[test]
