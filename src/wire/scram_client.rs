@@ -21,8 +21,9 @@ use base64::Engine;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::{LazyLock, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use thiserror::Error;
+use tokio::sync::OnceCell;
 
 /// The most iterations a server may ask for: PostgreSQL's default is
 /// 4,096; ten million already costs seconds of CPU per derivation.
@@ -83,7 +84,25 @@ impl Keys {
     }
 }
 
-static CACHE: LazyLock<Mutex<HashMap<[u8; 32], Keys>>> = LazyLock::new(Default::default);
+/// Keys by [`cache_key`]. A cell is filled once: logins that miss at the
+/// same moment (a pool opening several connections) wait for one
+/// derivation rather than each running their own.
+#[derive(Default)]
+struct KeyCache(Mutex<HashMap<[u8; 32], Arc<OnceCell<Keys>>>>);
+
+impl KeyCache {
+    /// The cell for `key`, new if there is none. A full cache starts over.
+    fn cell(&self, key: [u8; 32]) -> Arc<OnceCell<Keys>> {
+        let mut cache = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if cache.len() >= CACHE_LIMIT && !cache.contains_key(&key) {
+            cache.clear();
+        }
+        cache.entry(key).or_default().clone()
+    }
+}
+
+/// The process's cache: every server login shares it.
+static CACHE: LazyLock<KeyCache> = LazyLock::new(KeyCache::default);
 
 /// The cache's key: a digest of the password, salt and iterations, so that
 /// the cache holds no copy of a password.
@@ -96,32 +115,30 @@ fn cache_key(password: &str, salt: &Salt) -> [u8; 32] {
     h.finalize().into()
 }
 
-fn cached(key: &[u8; 32]) -> Option<Keys> {
-    let cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
-    cache.get(key).copied()
-}
-
-fn remember(key: [u8; 32], keys: Keys) {
-    let mut cache = CACHE.lock().unwrap_or_else(PoisonError::into_inner);
-    if cache.len() >= CACHE_LIMIT {
-        cache.clear();
-    }
-    cache.insert(key, keys);
-}
-
 /// The keys of `password` for `salt`: from the cache, or derived on the
 /// blocking pool and then cached.
 pub async fn keys(password: &str, salt: &Salt) -> Result<Keys, ScramClientError> {
-    let key = cache_key(password, salt);
-    if let Some(keys) = cached(&key) {
-        return Ok(keys);
-    }
-    let (password, owned_salt) = (password.to_owned(), salt.clone());
-    let keys = tokio::task::spawn_blocking(move || Keys::derive(&password, &owned_salt))
-        .await
-        .map_err(|_| ScramClientError::Derivation)?;
-    remember(key, keys);
-    Ok(keys)
+    keys_with(password, salt, Keys::derive).await
+}
+
+/// [`keys`] with the derivation to run on a miss.
+async fn keys_with(
+    password: &str,
+    salt: &Salt,
+    derive: fn(&str, &Salt) -> Keys,
+) -> Result<Keys, ScramClientError> {
+    let cell = CACHE.cell(cache_key(password, salt));
+    let keys = cell
+        .get_or_try_init(|| {
+            let (password, salt) = (password.to_owned(), salt.clone());
+            async move {
+                tokio::task::spawn_blocking(move || derive(&password, &salt))
+                    .await
+                    .map_err(|_| ScramClientError::Derivation)
+            }
+        })
+        .await?;
+    Ok(*keys)
 }
 
 /// One login's SCRAM exchange, from pgsplit's side.
@@ -354,23 +371,62 @@ mod tests {
         assert!(login.server_final(b"garbage").is_err());
     }
 
-    #[tokio::test]
+    #[test]
+    fn the_cache_is_bounded() {
+        let cache = KeyCache::default();
+        let first = cache.cell([0; 32]);
+        assert!(
+            Arc::ptr_eq(&first, &cache.cell([0; 32])),
+            "one cell per key"
+        );
+        for i in 0..CACHE_LIMIT as u32 * 2 {
+            let mut key = [1; 32];
+            key[..4].copy_from_slice(&i.to_be_bytes());
+            cache.cell(key);
+            assert!(cache.0.lock().unwrap().len() <= CACHE_LIMIT);
+        }
+    }
+
+    static DERIVED: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    fn counting_derive(password: &str, salt: &Salt) -> Keys {
+        DERIVED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        Keys::derive(password, salt)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn keys_are_derived_once_per_password_and_salt() {
         let salt = Salt {
             salt: b"keys_are_derived_once".to_vec(),
             iterations: 4096,
         };
         let password = "cache-test-password";
-        assert_eq!(cached(&cache_key(password, &salt)), None);
-        let first = keys(password, &salt).await.unwrap();
-        assert_eq!(first, Keys::derive(password, &salt));
-        assert_eq!(cached(&cache_key(password, &salt)), Some(first), "cached");
-        assert_eq!(keys(password, &salt).await.unwrap(), first);
+        // Eight logins at once, as when a pool opens connections, then one
+        // more: one derivation serves them all.
+        let logins: Vec<_> = (0..8)
+            .map(|_| {
+                let salt = salt.clone();
+                tokio::spawn(async move { keys_with(password, &salt, counting_derive).await })
+            })
+            .collect();
+        for login in logins {
+            assert_eq!(login.await.unwrap(), Ok(Keys::derive(password, &salt)));
+        }
+        assert_eq!(
+            keys(password, &salt).await,
+            Ok(Keys::derive(password, &salt))
+        );
+        assert_eq!(DERIVED.load(std::sync::atomic::Ordering::SeqCst), 1);
         let other = Salt {
             iterations: 4097,
             ..salt.clone()
         };
         assert_ne!(cache_key(password, &salt), cache_key(password, &other));
         assert_ne!(cache_key(password, &salt), cache_key("other", &salt));
+        assert_ne!(
+            keys(password, &other).await.unwrap(),
+            keys(password, &salt).await.unwrap()
+        );
     }
 }
