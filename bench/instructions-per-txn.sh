@@ -9,7 +9,8 @@
 #
 # Defaults: 10 clients, 2,000 transactions each, select-only (-S). Keeps
 # the callgrind file for callgrind_annotate (its path is printed);
-# PGSPLIT_BIN picks the binary. Installs valgrind when missing.
+# PGSPLIT_BIN picks the binary, AUTH the client auth (md5; SCRAM by
+# default). Installs valgrind when missing.
 # CACHE=1 also simulates the caches: first-level instruction and data
 # misses per transaction, and the code executed on every transaction
 # (64-byte lines run at least once per transaction on average), the
@@ -37,7 +38,7 @@ cat > "$WORK/under-callgrind" <<WRAP
 exec valgrind --tool=callgrind ${CALLGRIND_ARGS:-} --callgrind-out-file=$OUT ${PGSPLIT_BIN:-$ROOT/target/release/pgsplit} "\$@"
 WRAP
 chmod +x "$WORK/under-callgrind"
-PGSPLIT_BIN=$WORK/under-callgrind start_pgsplit scram-sha-256
+PGSPLIT_BIN=$WORK/under-callgrind start_pgsplit "${AUTH:-scram-sha-256}"
 pgbench_run() { PGPASSWORD=app-secret pgbench -n -c "$CLIENTS" -j 2 -t "$1" "${EXTRA[@]}" -h 127.0.0.1 -p "$SPLIT_PORT" -U app app; }
 for _ in $(seq 60); do pgbench_run 1 >/dev/null 2>&1 && break; sleep 1; done
 # Long enough for the pool to reach its size: a server login (SCRAM key

@@ -1,9 +1,9 @@
 //! The configured users and client authentication against them.
 //!
-//! SCRAM verifiers are derived once per user when the config is loaded.
-//! Unknown users go through the same exchange against a verifier nothing
-//! matches, so a wrong password and an unknown user look alike: both end in
-//! the same 28P01 error.
+//! SCRAM verifiers and md5 secrets are derived once per user when the
+//! config is loaded. Unknown users go through the same exchange against a
+//! verifier nothing matches, so a wrong password and an unknown user look
+//! alike: both end in the same 28P01 error.
 
 use bytes::{Buf, BytesMut};
 use rand::RngExt;
@@ -19,10 +19,11 @@ use crate::wire::{md5, scram};
 /// Authentication messages are small; bound them well below max_message_size.
 const MAX_AUTH_MESSAGE: usize = 8192;
 
-/// A configured user with its derived SCRAM verifier.
+/// A configured user with its derived SCRAM verifier and md5 secret.
 pub struct User {
     pub config: UserConfig,
     verifier: scram::Verifier,
+    md5: md5::Secret,
 }
 
 /// Every configured user, by name.
@@ -40,6 +41,7 @@ impl UserDirectory {
                 let user = User {
                     config: u.clone(),
                     verifier: scram::Verifier::from_password(u.password()),
+                    md5: md5::Secret::new(u.name.as_bytes(), u.password().as_bytes()),
                 };
                 (u.name.clone(), Arc::new(user))
             })
@@ -80,7 +82,7 @@ impl UserDirectory {
                 let response = read_cstr(&response)
                     .map(|(s, _)| s.to_vec())
                     .unwrap_or_default();
-                user.is_some_and(|u| md5::verify(name, u.config.password(), salt, &response))
+                user.is_some_and(|u| u.md5.verify(salt, &response))
             }
         };
         match (ok, user) {

@@ -4,7 +4,6 @@
 //! (parameter sync, reset query).
 
 use bytes::BytesMut;
-use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::message::{backend, frontend};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,7 +15,7 @@ use crate::stream::{ReadHalf, Stream, WriteHalf};
 use crate::tls::ServerTlsMode;
 
 use crate::wire::messages::parse_error_fields;
-use crate::wire::scram_client;
+use crate::wire::{md5, scram_client};
 
 /// What it takes to open a server connection.
 #[derive(Clone)]
@@ -336,9 +335,8 @@ impl ServerConn {
                         .map_err(|e| self.io(e))?;
                 }
                 backend::Message::AuthenticationMd5Password(body) => {
-                    let hash =
-                        md5_hash(spec.user.as_bytes(), spec.password.as_bytes(), body.salt());
-                    frontend::password_message(hash.as_bytes(), &mut out)
+                    let secret = md5::Secret::new(spec.user.as_bytes(), spec.password.as_bytes());
+                    frontend::password_message(&secret.answer(body.salt()), &mut out)
                         .map_err(|e| self.io(e))?;
                 }
                 backend::Message::AuthenticationSasl(body) => {
