@@ -105,7 +105,8 @@ impl KeyCache {
 static CACHE: LazyLock<KeyCache> = LazyLock::new(KeyCache::default);
 
 /// The cache's key: a digest of the password, salt and iterations, so that
-/// the cache holds no copy of a password.
+/// the cache holds no copy of a password's text. (The keys it holds log in
+/// to those servers as the password does, like the config pgsplit holds.)
 fn cache_key(password: &str, salt: &Salt) -> [u8; 32] {
     let mut h = Sha256::new();
     h.update((password.len() as u64).to_be_bytes());
