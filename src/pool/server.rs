@@ -363,14 +363,9 @@ impl ServerConn {
                     let login = scram
                         .as_mut()
                         .ok_or_else(|| self.protocol("unexpected SASL continue"))?;
-                    let salt = login
-                        .server_first(body.data())
-                        .map_err(|e| self.protocol(e.to_string()))?;
-                    let keys = scram_client::keys(&spec.password, &salt)
-                        .await
-                        .map_err(|e| self.protocol(e.to_string()))?;
                     let reply = login
-                        .client_final(&keys)
+                        .answer(&spec.password, body.data())
+                        .await
                         .map_err(|e| self.protocol(e.to_string()))?;
                     frontend::sasl_response(&reply, &mut out).map_err(|e| self.io(e))?;
                 }

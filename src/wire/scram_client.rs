@@ -216,6 +216,19 @@ impl Login {
         })
     }
 
+    /// Answers the server-first-message: reads it, takes the keys for
+    /// `password` from the cache (or derives them) and returns the
+    /// client-final-message, for SASLResponse.
+    pub async fn answer(
+        &mut self,
+        password: &str,
+        server_first: &[u8],
+    ) -> Result<Vec<u8>, ScramClientError> {
+        let salt = self.server_first(server_first)?;
+        let keys = keys(password, &salt).await?;
+        self.client_final(&keys)
+    }
+
     /// The client-final-message with the proof made from `keys`, for
     /// SASLResponse.
     pub fn client_final(&mut self, keys: &Keys) -> Result<Vec<u8>, ScramClientError> {
@@ -292,6 +305,21 @@ mod tests {
             .finish(&client_final, &verifier)
             .map_err(|e| e.to_string())?;
         login.server_final(&server_final).map_err(|e| e.to_string())
+    }
+
+    #[tokio::test]
+    async fn answer_reads_the_server_first_and_proves_the_password() {
+        let verifier = Verifier::from_password("s3cret");
+        let mut login = Login::new();
+        let ex = Exchange::start(login.client_first(), &verifier).unwrap();
+        let client_final = login.answer("s3cret", ex.server_first()).await.unwrap();
+        let server_final = ex.finish(&client_final, &verifier).unwrap();
+        assert_eq!(login.server_final(&server_final), Ok(()));
+        let mut other = Login::new();
+        assert_eq!(
+            other.answer("s3cret", b"r=elsewhere,s=AAAA,i=1").await,
+            Err(ScramClientError::Nonce)
+        );
     }
 
     #[test]
