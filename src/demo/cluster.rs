@@ -191,11 +191,11 @@ impl LocalCluster {
         };
         cluster.init_leader()?;
         for i in 0..replicas {
-            let node = Node {
+            let mut node = Node {
                 port: free_port()?,
                 data_dir: cluster.dir.join(format!("replica{}", i + 1)),
             };
-            cluster.clone_replica(&node)?;
+            cluster.clone_replica(&mut node)?;
             cluster.replicas.push(node);
         }
         cluster.wait_streaming(replicas)?;
@@ -244,6 +244,34 @@ impl LocalCluster {
         .map(|_| ())
     }
 
+    /// Starts a node for the first time on `node.port`, or on another
+    /// free port when that one was taken in the meantime: `free_port`
+    /// only finds a port that was free a moment ago, and tests running in
+    /// parallel open ports too.
+    fn start_new_node(&self, node: &mut Node) -> Result<(), ClusterError> {
+        let mut attempts_left = 4;
+        loop {
+            // The last `port` line in postgresql.conf wins.
+            append(
+                &node.data_dir.join("postgresql.conf"),
+                &format!("\nport = {}\n", node.port),
+            )?;
+            let log = node.data_dir.with_extension("log");
+            let logged_before = std::fs::metadata(&log).map_or(0, |m| m.len());
+            match self.start_node(node) {
+                Err(e) if attempts_left > 0 && port_was_taken(&log, logged_before) => {
+                    tracing::debug!(
+                        port = node.port,
+                        "port taken before PostgreSQL bound it: {e}"
+                    );
+                    attempts_left -= 1;
+                    node.port = free_port()?;
+                }
+                done => return done,
+            }
+        }
+    }
+
     fn init_leader(&mut self) -> Result<(), ClusterError> {
         let data = self.leader.data_dir.to_string_lossy().into_owned();
         self.run(
@@ -262,17 +290,18 @@ impl LocalCluster {
             ],
         )?;
         let conf = format!(
-            "\nport = {}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
+            "\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n\
              wal_level = replica\nmax_wal_senders = 10\nhot_standby = on\nfsync = off\n\
              full_page_writes = off\nmax_connections = 200\nshared_buffers = 32MB\n\
              wal_keep_size = '256MB'\nlog_min_messages = warning\n",
-            self.leader.port,
             self.dir.display()
         );
         append(&self.leader.data_dir.join("postgresql.conf"), &conf)?;
         std::fs::write(self.leader.data_dir.join("pg_hba.conf"), HBA)
             .map_err(io("write pg_hba.conf"))?;
-        self.start_node(&self.leader.clone())?;
+        let mut leader = self.leader.clone();
+        self.start_new_node(&mut leader)?;
+        self.leader = leader;
         self.psql(
             self.leader.port,
             "postgres",
@@ -294,7 +323,7 @@ impl LocalCluster {
         Ok(())
     }
 
-    fn clone_replica(&self, node: &Node) -> Result<(), ClusterError> {
+    fn clone_replica(&self, node: &mut Node) -> Result<(), ClusterError> {
         let data = node.data_dir.to_string_lossy().into_owned();
         self.run(
             "pg_basebackup",
@@ -315,11 +344,7 @@ impl LocalCluster {
                 "--no-sync",
             ],
         )?;
-        append(
-            &node.data_dir.join("postgresql.conf"),
-            &format!("\nport = {}\n", node.port),
-        )?;
-        self.start_node(node)
+        self.start_new_node(node)
     }
 
     fn wait_streaming(&self, replicas: usize) -> Result<(), ClusterError> {
@@ -447,6 +472,21 @@ impl Drop for LocalCluster {
     }
 }
 
+/// Whether a server's log, from byte `from` on (what this start wrote),
+/// says it could not listen because its port was in use.
+fn port_was_taken(log: &Path, from: u64) -> bool {
+    std::fs::read(log).is_ok_and(|text| {
+        let new = text
+            .get(usize::try_from(from).unwrap_or(usize::MAX)..)
+            .unwrap_or(&[]);
+        log_says_port_taken(&String::from_utf8_lossy(new))
+    })
+}
+
+fn log_says_port_taken(log: &str) -> bool {
+    log.contains("Address already in use")
+}
+
 fn append(path: &Path, text: &str) -> Result<(), ClusterError> {
     use std::io::Write;
     let mut f = std::fs::OpenOptions::new()
@@ -455,4 +495,30 @@ fn append(path: &Path, text: &str) -> Result<(), ClusterError> {
         .map_err(io(format!("open {}", path.display())))?;
     f.write_all(text.as_bytes())
         .map_err(io(format!("write {}", path.display())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_taken_port_is_recognised_in_the_server_log() {
+        let taken = "LOG:  could not bind IPv4 address \"127.0.0.1\": Address already in use\n\
+                     HINT:  Is another postmaster already running on port 5432?\n\
+                     FATAL:  could not create any TCP/IP sockets\n";
+        assert!(log_says_port_taken(taken));
+        assert!(!log_says_port_taken(
+            "FATAL:  data directory \"/x\" has invalid permissions\n"
+        ));
+        assert!(!port_was_taken(Path::new("/nonexistent/pgsplit.log"), 0));
+        let log = std::env::temp_dir().join(format!("pgsplit-port-log-{}", std::process::id()));
+        std::fs::write(&log, taken).unwrap();
+        assert!(port_was_taken(&log, 0));
+        let len = taken.len() as u64;
+        assert!(
+            !port_was_taken(&log, len),
+            "an earlier start's lines do not count"
+        );
+        std::fs::remove_file(&log).unwrap();
+    }
 }
