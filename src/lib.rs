@@ -15,6 +15,7 @@ pub mod pool;
 pub mod proxy;
 pub mod route;
 pub mod stream;
+pub mod syscall;
 pub mod tls;
 pub mod topology;
 pub mod wire;
