@@ -1,4 +1,6 @@
-//! `recv(2)` and `send(2)` made straight to the kernel.
+//! `recv(2)` and `send(2)` made straight to the kernel, and
+//! `sched_yield(2)` for the event loop about to sleep
+//! (`proxy.yield_before_sleep`).
 //!
 //! glibc's `recv` and `send` are thread-cancellation points: in a process
 //! with more than one thread (pgsplit has tokio's blocking pool and the
@@ -60,6 +62,15 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             other => return other,
         }
+    }
+}
+
+/// Lets other threads waiting for this CPU run first (`sched_yield(2)`);
+/// returns at once when none waits.
+pub fn yield_cpu() {
+    // SAFETY: sched_yield takes no arguments and cannot fail on Linux.
+    unsafe {
+        libc::sched_yield();
     }
 }
 

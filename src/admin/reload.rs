@@ -127,9 +127,10 @@ fn keep_restart_only_settings(old: &Config, new: &mut Config) {
         n.log_level = o.log_level.clone();
         kept.push("log_format and log_level");
     }
-    if o.worker_threads != n.worker_threads {
+    if (o.worker_threads, o.yield_before_sleep) != (n.worker_threads, n.yield_before_sleep) {
         n.worker_threads = o.worker_threads;
-        kept.push("worker_threads");
+        n.yield_before_sleep = o.yield_before_sleep;
+        kept.push("worker_threads and yield_before_sleep");
     }
     if !kept.is_empty() {
         tracing::warn!(settings = ?kept, "these settings change only with a restart; the running values stay");
@@ -153,9 +154,11 @@ mod tests {
         )
         .unwrap();
         new.proxy.worker_threads = 4;
+        new.proxy.yield_before_sleep = false;
         keep_restart_only_settings(&old, &mut new);
         assert_eq!(new.proxy.listen, "127.0.0.1:1");
         assert_eq!(new.proxy.worker_threads, 1, "the runtime is built once");
+        assert!(new.proxy.yield_before_sleep, "the runtime is built once");
         assert_eq!(new.users[0].name, "c", "other settings change");
     }
 }

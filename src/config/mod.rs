@@ -125,6 +125,13 @@ pub struct ProxyConfig {
     /// PgBouncer runs (the least CPU per transaction); 0: one per CPU
     /// core; N: N threads sharing the work.
     pub worker_threads: u32,
+    /// Before an event loop thread sleeps (nothing left to run), it
+    /// yields its CPU once (`sched_yield`), so that the servers and
+    /// clients its last writes woke, if they wait for that CPU, run
+    /// first; their answers are then often in by the time it looks, and
+    /// it does not sleep at all. One system call per sleep, which
+    /// returns at once when nothing else waits for the CPU.
+    pub yield_before_sleep: bool,
 }
 
 impl Default for ProxyConfig {
@@ -158,6 +165,7 @@ impl Default for ProxyConfig {
             shutdown_delay: Seconds(Duration::from_secs(5)),
             shutdown_timeout: Seconds(Duration::from_secs(20)),
             worker_threads: 1,
+            yield_before_sleep: true,
         }
     }
 }
