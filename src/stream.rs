@@ -108,62 +108,64 @@ fn poll_read_tcp(
     cx: &mut Context<'_>,
     buf: &mut ReadBuf<'_>,
 ) -> Poll<io::Result<()>> {
-    let budget = ready!(tokio::task::coop::poll_proceed(cx));
-    loop {
-        let mut got = 0;
-        let fd = tcp.as_raw_fd();
-        // SAFETY: `recv` only writes into the unfilled part, and only the
-        // bytes it reports are marked filled below.
-        let room = unsafe { buf.unfilled_mut() };
-        let want = room.len();
-        let read = tcp.try_io(Interest::READABLE, || {
-            got = crate::syscall::recv(fd, room)?;
-            if got > 0 && got < want {
-                // Drained: WouldBlock makes tokio clear the readiness.
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(got)
-        });
-        match read {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && got == 0 => {
-                ready!(tcp.poll_read_ready(cx))?;
-            }
-            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Poll::Ready(Err(e)),
-            _ => {
-                // SAFETY: the kernel initialised `got` bytes of the room.
-                unsafe { buf.assume_init(got) };
-                buf.advance(got);
-                budget.made_progress();
-                return Poll::Ready(Ok(()));
-            }
-        }
-    }
+    let fd = tcp.as_raw_fd();
+    // SAFETY: `recv` only writes into the unfilled part, and only the
+    // bytes it reports are marked filled below.
+    let room = unsafe { buf.unfilled_mut() };
+    let want = room.len();
+    let got = ready!(poll_transfer(tcp, cx, Interest::READABLE, want, || {
+        crate::syscall::recv(fd, room)
+    }))?;
+    // SAFETY: the kernel initialised `got` bytes of the room.
+    unsafe { buf.assume_init(got) };
+    buf.advance(got);
+    Poll::Ready(Ok(()))
 }
 
 /// Writes to a plain TCP socket as tokio's `poll_write` does: a write
 /// that takes less than `buf` marks the socket full, and each write
 /// spends the task's budget.
 fn poll_write_tcp(tcp: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    let fd = tcp.as_raw_fd();
+    poll_transfer(tcp, cx, Interest::WRITABLE, buf.len(), || {
+        crate::syscall::send(fd, buf)
+    })
+}
+
+/// One non-blocking transfer of up to `want` bytes by `op` in the
+/// direction `interest`, under tokio's readiness: a short transfer is
+/// reported to tokio as `WouldBlock`, which clears the readiness, as
+/// tokio's own `poll_read` and `poll_write` do; nothing moved means
+/// waiting for readiness (the waker is registered).
+fn poll_transfer(
+    tcp: &TcpStream,
+    cx: &mut Context<'_>,
+    interest: Interest,
+    want: usize,
+    mut op: impl FnMut() -> io::Result<usize>,
+) -> Poll<io::Result<usize>> {
     let budget = ready!(tokio::task::coop::poll_proceed(cx));
     loop {
-        let mut sent = 0;
-        let fd = tcp.as_raw_fd();
-        let written = tcp.try_io(Interest::WRITABLE, || {
-            sent = crate::syscall::send(fd, buf)?;
-            if sent > 0 && sent < buf.len() {
-                // Full: WouldBlock makes tokio clear the readiness.
+        let mut moved = 0;
+        let result = tcp.try_io(interest, || {
+            moved = op()?;
+            if moved > 0 && moved < want {
                 return Err(io::ErrorKind::WouldBlock.into());
             }
-            Ok(sent)
+            Ok(moved)
         });
-        match written {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && sent == 0 => {
-                ready!(tcp.poll_write_ready(cx))?;
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && moved == 0 => {
+                if interest.is_readable() {
+                    ready!(tcp.poll_read_ready(cx))?;
+                } else {
+                    ready!(tcp.poll_write_ready(cx))?;
+                }
             }
             Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Poll::Ready(Err(e)),
             _ => {
                 budget.made_progress();
-                return Poll::Ready(Ok(sent));
+                return Poll::Ready(Ok(moved));
             }
         }
     }

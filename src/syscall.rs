@@ -19,11 +19,11 @@ use std::os::fd::RawFd;
 /// Reads what has arrived on the non-blocking socket `fd` into `buf`,
 /// at most its length; 0 means the peer closed. `EINTR` is retried.
 pub fn recv(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
-    loop {
+    retried(|| {
         // SAFETY: `buf` is valid for writes of `buf.len()` bytes, which is
         // all the kernel writes; the address arguments are null, as
         // `recv(2)` passes them.
-        let n = unsafe {
+        unsafe {
             libc::syscall(
                 libc::SYS_recvfrom,
                 fd,
@@ -33,21 +33,17 @@ pub fn recv(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
                 std::ptr::null_mut::<libc::sockaddr>(),
                 std::ptr::null_mut::<libc::socklen_t>(),
             )
-        };
-        match checked(n) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => return other,
         }
-    }
+    })
 }
 
 /// Writes as much of `buf` as the non-blocking socket `fd` takes now,
 /// without raising SIGPIPE when the peer has gone. `EINTR` is retried.
 pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
-    loop {
+    retried(|| {
         // SAFETY: `buf` is valid for reads of `buf.len()` bytes; the
         // address arguments are null, as `send(2)` passes them.
-        let n = unsafe {
+        unsafe {
             libc::syscall(
                 libc::SYS_sendto,
                 fd,
@@ -57,10 +53,22 @@ pub fn send(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
                 std::ptr::null::<libc::sockaddr>(),
                 0 as libc::socklen_t,
             )
-        };
-        match checked(n) {
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            other => return other,
+        }
+    })
+}
+
+/// Runs the system call `call` until a signal does not interrupt it;
+/// its return value as a count, or the error in `errno`.
+fn retried(mut call: impl FnMut() -> libc::c_long) -> io::Result<usize> {
+    loop {
+        match usize::try_from(call()) {
+            Ok(n) => return Ok(n),
+            Err(_) => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
         }
     }
 }
@@ -72,11 +80,6 @@ pub fn yield_cpu() {
     unsafe {
         libc::sched_yield();
     }
-}
-
-/// A system call's return value as a count, or the error in `errno`.
-fn checked(n: libc::c_long) -> io::Result<usize> {
-    usize::try_from(n).map_err(|_| io::Error::last_os_error())
 }
 
 #[cfg(test)]
