@@ -81,7 +81,7 @@ fn main() -> ExitCode {
     // The demo, which has no config file, keeps the multi-thread runtime.
     let threads = config.as_ref().map_or(0, |c| c.proxy.worker_threads);
     let yields = config.as_ref().is_some_and(|c| c.proxy.yield_before_sleep);
-    let before_sleep = yields.then_some(pgsplit::syscall::yield_cpu as fn());
+    let before_sleep = yields.then_some(yield_unless_clients_wait as fn());
     let runtime = match build_runtime(threads, before_sleep) {
         Ok(r) => r,
         Err(e) => {
@@ -101,6 +101,15 @@ fn main() -> ExitCode {
             eprintln!("pgsplit: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `yield_before_sleep`: the event loop about to sleep yields its CPU,
+/// unless clients wait for servers (then moving answers, which frees
+/// servers, must not wait behind anything).
+fn yield_unless_clients_wait() {
+    if !pgsplit::pool::pools::clients_waiting() {
+        pgsplit::syscall::yield_cpu();
     }
 }
 

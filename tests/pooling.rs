@@ -98,8 +98,14 @@ async fn transaction_mode_wait_timeout() {
     holder.batch_execute("BEGIN").await.unwrap();
     holder.batch_execute("SELECT 1").await.unwrap();
     let waiter = env.connect().await;
-    let err = waiter.query_one("SELECT 1", &[]).await.err().unwrap();
+    let waiting = tokio::spawn(async move { waiter.query_one("SELECT 1", &[]).await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // While a client waits for a server, the event loop does not yield
+    // its CPU before sleeping (`yield_before_sleep`).
+    assert!(pgsplit::pool::pools::clients_waiting());
+    let err = waiting.await.unwrap().err().unwrap();
     assert_eq!(sqlstate(&err).as_deref(), Some("53300"));
+    assert!(!pgsplit::pool::pools::clients_waiting(), "the wait ended");
     holder.batch_execute("COMMIT").await.unwrap();
     let other = env.connect().await;
     assert_eq!(

@@ -13,7 +13,7 @@
 //! here; and topology changes need pools that can be told to retire their
 //! connections.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -47,6 +47,17 @@ struct PoolInner {
     startup_params: Mutex<Option<StartupParams>>,
 }
 
+/// Checkouts waiting for a connection, in every pool of the process.
+static CLIENTS_WAITING: AtomicUsize = AtomicUsize::new(0);
+
+/// Whether any client waits for a server connection right now. Then the
+/// pools are the bottleneck and every moment pgsplit does not spend
+/// moving answers keeps servers held longer: the event loop does not
+/// yield its CPU before sleeping (`yield_before_sleep`).
+pub fn clients_waiting() -> bool {
+    CLIENTS_WAITING.load(Ordering::Relaxed) > 0
+}
+
 /// A checkout waiting for a connection to be handed over. The wait ends
 /// early when its client cancels or goes away (the future is dropped); a
 /// connection handed over at that very moment goes back to the pool then
@@ -58,6 +69,7 @@ struct Waiting<'a> {
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
+        CLIENTS_WAITING.fetch_sub(1, Ordering::Relaxed);
         if let Some(conn) = abandon(&mut self.delivery) {
             self.pool.give_back(conn);
         }
@@ -201,6 +213,7 @@ impl ServerPool {
                 delivery
             }
         };
+        CLIENTS_WAITING.fetch_add(1, Ordering::Relaxed);
         let mut waiting = Waiting {
             pool: self,
             delivery,
