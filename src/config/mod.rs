@@ -130,7 +130,9 @@ pub struct ProxyConfig {
     /// clients its last writes woke, if they wait for that CPU, run
     /// first; their answers are then often in by the time it looks, and
     /// it does not sleep at all. One system call per sleep, which
-    /// returns at once when nothing else waits for the CPU.
+    /// returns at once when nothing else waits for the CPU. Not while
+    /// any client waits for a server: then the pools are the bottleneck
+    /// and answers that free servers must not wait.
     pub yield_before_sleep: bool,
 }
 
