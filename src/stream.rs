@@ -4,9 +4,11 @@
 //! the common case pays nothing for TLS support; TLS streams split through
 //! `tokio::io::split`.
 //!
-//! The halves of a plain TCP connection read and write with bare system
+//! Plain TCP connections and halves read and write with bare system
 //! calls ([`crate::syscall`]) under tokio's readiness tracking, rather
-//! than through tokio's `poll_read` and `poll_write`: the same behaviour
+//! than through tokio's `poll_read` and `poll_write` (vectored writes,
+//! used only for output over 1 KiB in several pieces, and `read_now`'s
+//! one look at the socket stay tokio's): the same behaviour
 //! (a short read or write marks the socket drained, the task's budget is
 //! spent), without glibc's cancellation-point bookkeeping and tokio's
 //! layers in between, on the four system calls of every pooled
