@@ -12,6 +12,7 @@
 #   bench/machine-per-txn.sh                      # 10 clients, select-only extended, 3 rounds of 4 s
 #   CLIENTS=50 ROUNDS=10 SECS=3 ARGS="-S -M simple" bench/machine-per-txn.sh
 #   B=/tmp/pgsplit-other bench/machine-per-txn.sh # a second pgsplit build in each round
+#   B_ENV="env PGSPLIT_PROXY_YIELD_BEFORE_SLEEP=false" bench/machine-per-txn.sh  # or a second setting
 #
 # pgbench's CPU is its whole process (10 SCRAM logins included). Needs
 # nstat (iproute2). Traffic stays on loopback.
@@ -25,8 +26,8 @@ read -r -a PGBENCH_ARGS <<<"${ARGS:--S -M extended}"
 start_leader 10
 start_pgsplit scram-sha-256
 NAMES=(pgsplit) PORTS=("$SPLIT_PORT") PROXY_PIDS=("$SPLIT_PID")
-if [ -n "${B:-}" ]; then
-    PGSPLIT_BIN=$B start_pgsplit scram-sha-256 b
+if [ -n "${B:-}${B_ENV:-}" ]; then
+    PGSPLIT_BIN=${B:-} PGSPLIT_ENV=${B_ENV:-} start_pgsplit scram-sha-256 b
     NAMES+=(pgsplit-b) PORTS+=("$SPLIT_PORT") PROXY_PIDS+=("$SPLIT_PID")
 fi
 start_pgbouncer scram-sha-256
@@ -42,7 +43,7 @@ backends() { for p in $(pgrep -u postgres postgres); do echo "$p $(awk '{print $
 switches() { for p in "$@"; do cat "/proc/$p"/task/*/status 2>/dev/null; done | awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {n += $2} END {print v + 0, n + 0}'; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Nanoseconds the process's threads spent runnable but waiting for a CPU.
-run_delay() { cat "/proc/$1"/task/*/schedstat 2>/dev/null | awk '{s += $2} END {print s + 0}'; }
+run_delay() { cat "/proc/$1"/task/*/schedstat 2>/dev/null | awk '{s += $2} END {printf "%.0f\n", s}'; }
 
 run() { # NAME PORT PROXY_PID
     local pgb=(pgbench -n -c "$CLIENTS" -j 2 "${PGBENCH_ARGS[@]}" -h 127.0.0.1 -p "$2" -U app app)

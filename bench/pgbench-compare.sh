@@ -9,9 +9,10 @@
 #
 # This machine's speed drifts by 10-30% over a few seconds (other guests on
 # the host), more than the difference being measured. So a run is cut into
-# slices of SLICE seconds, and pgsplit's and PgBouncer's slices alternate:
-# both see the same drift. A run's TPS is its transactions over its measured
-# time, its latency the transaction-weighted average. Above 50 clients a run
+# slices of SLICE seconds, and pgsplit's and PgBouncer's slices alternate
+# (which goes first flips each time): both see the same drift. A run's TPS
+# is its transactions over its measured time, its latency the
+# transaction-weighted average. Above 50 clients a run
 # is one slice, because logging in 200 clients takes a second by itself.
 #
 #   bench/pgbench-compare.sh            # 5 s per run in 1 s slices, 3 runs per cell
@@ -55,14 +56,22 @@ slice() { # port clients flags seconds
 
 # One run of pgsplit and one of PgBouncer, slice by slice in turn: prints
 # "split_tps split_lat bouncer_tps bouncer_lat" (n/a for a failed run).
-run_pair() { # split_port bouncer_port clients flags
+# Which of the two goes first flips from slice to slice and from run to
+# run (pgsplit first in odd runs), so that neither always runs on the
+# heels of the other or always first after a change of cell.
+run_pair() { # split_port bouncer_port clients flags run
     local seconds=$SLICE slices
     [ "$3" -gt 50 ] && seconds=$DURATION
     slices=$(( (DURATION + seconds - 1) / seconds ))
     local a=() b=()
-    for _ in $(seq "$slices"); do
-        a+=("$(slice "$1" "$3" "$4" "$seconds")")
-        b+=("$(slice "$2" "$3" "$4" "$seconds")")
+    for i in $(seq "$slices"); do
+        if (( ($5 + i) % 2 == 0 )); then
+            a+=("$(slice "$1" "$3" "$4" "$seconds")")
+            b+=("$(slice "$2" "$3" "$4" "$seconds")")
+        else
+            b+=("$(slice "$2" "$3" "$4" "$seconds")")
+            a+=("$(slice "$1" "$3" "$4" "$seconds")")
+        fi
     done
     echo "$(combine "${a[@]}") $(combine "${b[@]}")"
 }
@@ -92,8 +101,8 @@ cell() { # workload mode auth flags split_port bouncer_port
     [[ -n "${ONLY:-}" && ! "$workload $mode $auth" =~ $ONLY ]] && return
     for c in $CLIENTS; do
         local st=() sl=() bt=() bl=() dt=()
-        for _ in $(seq "$RUNS"); do
-            read -r t l t2 l2 <<<"$(run_pair "$sp" "$bp" "$c" "$flags")"
+        for r in $(seq "$RUNS"); do
+            read -r t l t2 l2 <<<"$(run_pair "$sp" "$bp" "$c" "$flags" "$r")"
             st+=("$t"); sl+=("$l"); bt+=("$t2"); bl+=("$l2")
         done
         read -r t _ <<<"$(combine "$(slice "$PG_PORT" "$c" "$flags" "$DURATION")")"; dt+=("$t")
