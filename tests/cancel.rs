@@ -26,6 +26,48 @@ async fn cancel_stops_the_running_query() {
     assert_eq!(sqlstate(&err).as_deref(), Some("57014"));
 }
 
+/// A cancel for a query still waiting for a server (the pool is full) is
+/// not dropped: the query fails with 57014 at once, the client holding the
+/// server goes on untouched, and the cancelled client's next query runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_ends_a_wait_for_a_full_pool() {
+    let env = TestEnv::start(0, "pool_size = 1\nquery_wait_timeout = \"60s\"").await;
+    let holder = env.connect().await;
+    holder.batch_execute("BEGIN").await.unwrap();
+    holder.query_one("SELECT 1", &[]).await.unwrap();
+    let waiter = env.connect().await;
+    let token = waiter.cancel_token();
+    let waiter = Arc::new(waiter);
+    let waiting = tokio::spawn({
+        let waiter = waiter.clone();
+        async move { waiter.query_one("SELECT 2", &[]).await }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "the query must wait for the one server"
+    );
+    token.cancel_query(NoTls).await.unwrap();
+    let err = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("the cancel ends the wait")
+        .unwrap()
+        .expect_err("the waiting query is cancelled");
+    assert_eq!(sqlstate(&err).as_deref(), Some("57014"));
+    let message = err.as_db_error().map(|e| e.message().to_string());
+    assert!(
+        message
+            .as_deref()
+            .is_some_and(|m| m.contains("waiting for a server")),
+        "{message:?}"
+    );
+    let row = holder.query_one("SELECT 3", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 3);
+    holder.batch_execute("COMMIT").await.unwrap();
+    let row = waiter.query_one("SELECT 4", &[]).await.unwrap();
+    assert_eq!(row.get::<_, i32>(0), 4);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bogus_cancel_key_cancels_nothing() {
     let env = TestEnv::start(0, "").await;

@@ -130,7 +130,7 @@ impl Session<'_> {
                 self.shared.wait_while_paused().await;
             }
             let asked = Instant::now();
-            let checkout = Box::pin(self.acquire_server(pool)).await;
+            let checkout = self.acquire_server(pool).await;
             self.routing
                 .metrics
                 .checkout_wait(member.role == Role::Leader, asked.elapsed().as_secs_f64());

@@ -504,7 +504,11 @@ impl Session<'_> {
         pool: ServerPool,
     ) -> Result<Option<PooledServer>, CheckoutError> {
         self.login.cancel.begin_wait();
+        // Biased: a server that came is taken before a cancel that came
+        // with it is looked at (`end_wait` still reports the cancel), and
+        // no random start is drawn on every wait.
         let checkout = tokio::select! {
+            biased;
             r = pool.checkout() => Some(r),
             _ = self.login.cancel.cancelled() => None,
         };

@@ -9,12 +9,16 @@
 //! Even then the backend acts on the signal when it next runs, which under
 //! load can be after the next client's query has arrived; so a server that
 //! was sent a cancel is closed rather than pooled (`release` says so).
-//! No lock is held across an `.await`; waiting uses a `Notify`.
+//! No lock is held across an `.await`; waiting for deliveries uses a
+//! `Notify`, and a client waiting for a server leaves its task's waker
+//! (a wait happens on most checkouts when clients outnumber servers, and
+//! a waker costs less than joining and leaving a `Notify`'s list).
 
 use rand::RngExt;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Poll, Waker};
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -31,6 +35,8 @@ struct SlotState {
     waiting: bool,
     /// A cancel arrived while it waited.
     cancel_requested: bool,
+    /// Wakes the waiting client when a cancel arrives.
+    waker: Option<Waker>,
     /// A cancel was sent to the held server.
     sent_to_target: bool,
 }
@@ -95,18 +101,24 @@ impl CancelSlot {
     pub fn end_wait(&self) -> bool {
         let mut state = self.lock();
         state.waiting = false;
+        state.waker = None;
         std::mem::take(&mut state.cancel_requested)
     }
 
     /// Resolves once a cancel arrives during the wait.
     pub async fn cancelled(&self) {
-        loop {
-            let notified = self.delivered.notified();
-            if self.lock().cancel_requested {
-                return;
+        std::future::poll_fn(|cx| {
+            let mut state = self.lock();
+            if state.cancel_requested {
+                return Poll::Ready(());
             }
-            notified.await;
-        }
+            match &mut state.waker {
+                Some(w) => w.clone_from(cx.waker()),
+                None => state.waker = Some(cx.waker().clone()),
+            }
+            Poll::Pending
+        })
+        .await
     }
 
     /// Delivers a cancel to the server the client holds, or ends its wait
@@ -117,8 +129,11 @@ impl CancelSlot {
             let Some(t) = state.target.clone() else {
                 if state.waiting {
                     state.cancel_requested = true;
+                    let waker = state.waker.take();
                     drop(state);
-                    self.delivered.notify_waiters();
+                    if let Some(w) = waker {
+                        w.wake();
+                    }
                     return true;
                 }
                 return false;
