@@ -12,8 +12,8 @@
 # slices of SLICE seconds, and pgsplit's and PgBouncer's slices alternate
 # (which goes first flips each time): both see the same drift. A run's TPS
 # is its transactions over its measured time, its latency the
-# transaction-weighted average. Above 50 clients a run
-# is one slice, because logging in 200 clients takes a second by itself.
+# transaction-weighted average. Above 50 clients a run is one slice,
+# because logging in 200 clients takes a second by itself.
 #
 #   bench/pgbench-compare.sh            # 5 s per run in 1 s slices, 3 runs per cell
 #   DURATION=10 RUNS=5 CLIENTS="10 50" bench/pgbench-compare.sh
