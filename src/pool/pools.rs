@@ -194,7 +194,7 @@ impl ServerPool {
         let take = loop {
             // The lock is released before `usable` runs: closing a dead
             // connection takes it again.
-            let taken = self.slots().take();
+            let taken = self.slots().take(Instant::now());
             match taken {
                 Take::Ready(conn) => match self.usable(conn) {
                     Some(conn) => break Take::Ready(conn),
@@ -206,9 +206,16 @@ impl ServerPool {
         let delivery = match take {
             Take::Ready(conn) => return Ok(self.lend(conn)),
             Take::Closed => return Err(CheckoutError::Closed),
-            Take::Wait { delivery, open_one } => {
+            Take::Wait {
+                delivery,
+                open_one,
+                start_timer,
+            } => {
                 if open_one {
                     self.open_in_background();
+                }
+                if start_timer {
+                    self.time_waits_in_background();
                 }
                 delivery
             }
@@ -218,12 +225,34 @@ impl ServerPool {
             pool: self,
             delivery,
         };
-        match tokio::time::timeout(self.inner.wait_timeout, &mut waiting.delivery).await {
-            Ok(Ok(Ok(conn))) => Ok(self.lend(conn)),
-            Ok(Ok(Err(e))) => Err(e),
-            Ok(Err(_)) => Err(CheckoutError::Closed),
-            Err(_) => Err(CheckoutError::WaitTimeout(self.inner.wait_timeout)),
+        // `query_wait_timeout` is the pool's wait timer's to enforce.
+        match (&mut waiting.delivery).await {
+            Ok(Ok(conn)) => Ok(self.lend(conn)),
+            Ok(Err(e)) => Err(e),
+            Err(_) => Err(CheckoutError::Closed),
         }
+    }
+
+    /// The pool's wait timer: while anyone waits, it sleeps until the
+    /// longest wait runs out (`query_wait_timeout`) and fails the waits
+    /// that did ([`Slots::expire`]); it stops when nobody waits. It holds
+    /// the pool weakly, so a pool that is dropped is not kept alive.
+    fn time_waits_in_background(&self) {
+        let pool = Arc::downgrade(&self.inner);
+        tokio::spawn(async move {
+            loop {
+                let Some(inner) = pool.upgrade() else { return };
+                let limit = inner.wait_timeout;
+                let next = inner
+                    .slots
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .expire(Instant::now(), limit, || CheckoutError::WaitTimeout(limit));
+                drop(inner);
+                let Some(at) = next else { return };
+                tokio::time::sleep_until(at.into()).await;
+            }
+        });
     }
 
     /// An idle connection, without waiting: the common checkout. `None`
