@@ -102,7 +102,8 @@ impl<T, E> Slots<T, E> {
     /// The pool's wait timer fired at `now`: waiters that have waited
     /// `limit` or longer are sent `error()` and leave the queue. Returns
     /// when to look again (the longest remaining wait runs out), or `None`
-    /// when nobody waits and the timer stops (the next waiter starts it).
+    /// when the timer stops (the next waiter starts it): nobody waits, or
+    /// `limit` is too far off to ever run out.
     pub fn expire(
         &mut self,
         now: Instant,
@@ -110,7 +111,9 @@ impl<T, E> Slots<T, E> {
         error: impl Fn() -> E,
     ) -> Option<Instant> {
         while let Some(oldest) = self.waiters.front() {
-            let ends = oldest.since + limit;
+            let Some(ends) = oldest.since.checked_add(limit) else {
+                break;
+            };
             if ends > now {
                 return Some(ends);
             }
@@ -439,6 +442,9 @@ mod tests {
             timer_d,
             "the timer stopped with the queue empty: the next waiter starts it"
         );
+        // A limit too far off to add to an instant never runs out.
+        assert_eq!(s.expire(t0 + limit * 100, Duration::MAX, || "late"), None);
+        assert_eq!(s.counts(), (0, 0, 1), "that wait goes on");
     }
 
     #[test]
