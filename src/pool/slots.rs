@@ -15,7 +15,7 @@
 //!   where half as many carry the load (10 pgbench clients opened 20);
 //! - waiters queue in arrival order, so the longest waiter's wait is the
 //!   first to run out: one timer per pool, set to that moment, serves
-//!   every wait ([`Slots::expire`]; a timer per wait cost some 400
+//!   every wait ([`Slots::expire`]; a timer per wait cost some 540
 //!   instructions per waiting checkout).
 //!
 //! Generic over the connection type so the rules are unit-tested without
@@ -178,7 +178,7 @@ impl<T, E> Slots<T, E> {
         while let Some(waiter) = self.waiters.pop_front() {
             match waiter.tx.send(Ok(conn)) {
                 Ok(()) => return None,
-                // The waiter gave up (timeout, cancel): try the next one.
+                // The waiter gave up (cancel, client gone): try the next one.
                 Err(Ok(returned)) => conn = returned,
                 Err(Err(_)) => return None,
             }
