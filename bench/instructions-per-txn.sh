@@ -10,7 +10,9 @@
 # Defaults: 10 clients, 2,000 transactions each, select-only (-S). Keeps
 # the callgrind file for callgrind_annotate (its path is printed);
 # PGSPLIT_BIN picks the binary, AUTH the client auth (md5; SCRAM by
-# default). Installs valgrind when missing.
+# default). PROXY=pgbouncer counts PgBouncer instead, in front of the same
+# kind of leader with the same pool size, for the figure to hold pgsplit's
+# against. Installs valgrind when missing.
 # CACHE=1 also simulates the caches: first-level instruction and data
 # misses per transaction, and the code executed on every transaction
 # (64-byte lines run at least once per transaction on average), the
@@ -33,20 +35,42 @@ fi
 start_leader 10
 OUT=$(mktemp /tmp/pgsplit-callgrind.XXXXXX)
 if [ -n "${CACHE:-}" ]; then CALLGRIND_ARGS="${CALLGRIND_ARGS:-} --cache-sim=yes --dump-instr=yes"; fi
-cat > "$WORK/under-callgrind" <<WRAP
+# wrap BINARY: a script that runs BINARY under callgrind.
+wrap() {
+    cat > "$WORK/under-callgrind" <<WRAP
 #!/bin/sh
-exec valgrind --tool=callgrind ${CALLGRIND_ARGS:-} --callgrind-out-file=$OUT ${PGSPLIT_BIN:-$ROOT/target/release/pgsplit} "\$@"
+exec valgrind --tool=callgrind ${CALLGRIND_ARGS:-} --callgrind-out-file=$OUT $1 "\$@"
 WRAP
-chmod +x "$WORK/under-callgrind"
-PGSPLIT_BIN=$WORK/under-callgrind start_pgsplit "${AUTH:-scram-sha-256}"
-pgbench_run() { PGPASSWORD=app-secret pgbench -n -c "$CLIENTS" -j 2 -t "$1" "${EXTRA[@]}" -h 127.0.0.1 -p "$SPLIT_PORT" -U app app; }
+    chmod +x "$WORK/under-callgrind"
+}
+if [ "${PROXY:-pgsplit}" = pgbouncer ]; then
+    need_pgbouncer
+    BIN=$PGBOUNCER
+    wrap "$BIN"
+    # PgBouncer runs as the postgres OS user when we are root: let it write
+    # the callgrind file.
+    [ "$(id -u)" = 0 ] && chown postgres: "$OUT"
+    need_pgbouncer() { PGBOUNCER=$WORK/under-callgrind; }
+    start_pgbouncer "${AUTH:-scram-sha-256}"
+    PROXY_PORT=$BOUNCER_PORT PROXY_PID=$BOUNCER_PID
+    # vgdb reaches a process blocked in a system call through ptrace, as
+    # its own user.
+    control() { as_pg callgrind_control "$@"; }
+else
+    BIN=${PGSPLIT_BIN:-$ROOT/target/release/pgsplit}
+    wrap "$BIN"
+    PGSPLIT_BIN=$WORK/under-callgrind start_pgsplit "${AUTH:-scram-sha-256}"
+    PROXY_PORT=$SPLIT_PORT PROXY_PID=$SPLIT_PID
+    control() { callgrind_control "$@"; }
+fi
+pgbench_run() { PGPASSWORD=app-secret pgbench -n -c "$CLIENTS" -j 2 -t "$1" "${EXTRA[@]}" -h 127.0.0.1 -p "$PROXY_PORT" -U app app; }
 for _ in $(seq 60); do pgbench_run 1 >/dev/null 2>&1 && break; sleep 1; done
 # Long enough for the pool to reach its size: a server login (SCRAM key
 # derivation) inside the counted window would swamp it.
 pgbench_run 300 >/dev/null
-callgrind_control -z "$SPLIT_PID" >/dev/null
+control -z "$PROXY_PID" >/dev/null
 pgbench_run "$TXNS" | grep -E '^(tps|number of transactions actually processed)'
-callgrind_control -d "$SPLIT_PID" >/dev/null
+control -d "$PROXY_PID" >/dev/null
 sleep 1
 FILE=$(ls -t "$OUT"* | grep -v "^$OUT\$" | head -1)
 TOTAL=$(callgrind_annotate "$FILE" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
@@ -54,7 +78,7 @@ echo "callgrind file: $FILE"
 echo "instructions per transaction: $((TOTAL / (CLIENTS * TXNS)))"
 if [ -n "${CACHE:-}" ]; then
     # Addresses of the binary's locked (atomic read-modify-write) instructions.
-    BIN=$(readlink -f "${PGSPLIT_BIN:-$ROOT/target/release/pgsplit}")
+    BIN=$(readlink -f "$BIN")
     objdump -d --no-show-raw-insn "$BIN" \
         | awk '/\tlock |\txchg .*\(/ {sub(":", "", $1); print $1}' >"$WORK/locked"
     python3 - "$FILE" $((CLIENTS * TXNS)) "$WORK/locked" "$BIN" <<'PY'

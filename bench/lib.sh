@@ -104,6 +104,8 @@ CONF
     as_pg "$PGBOUNCER" "$WORK/pgbouncer-$1.ini" >/dev/null 2>&1 &
     PIDS+=("$!")
     sleep 1
+    # Its pid file says it is up (later under valgrind).
+    for _ in $(seq 60); do [ -s "$WORK/pgbouncer-$1.pid" ] && break; sleep 1; done
     BOUNCER_PID=$(cat "$WORK/pgbouncer-$1.pid")
     PIDS+=("$BOUNCER_PID")
 }

@@ -108,9 +108,7 @@ impl Session<'_> {
                     return Ok(false);
                 }
                 Err(Pick::NoLeader) => {
-                    if !self
-                        .wait_for_topology(&mut topology, deadline, tag, wait)
-                        .await?
+                    if !Box::pin(self.wait_for_topology(&mut topology, deadline, tag, wait)).await?
                     {
                         return Ok(false);
                     }
@@ -145,15 +143,14 @@ impl Session<'_> {
                 Err(CheckoutError::Connect(e))
                     if member.role == Role::Leader && leader_unavailable(&e) =>
                 {
-                    if !self
-                        .wait_for_topology(&mut topology, deadline, tag, RETRY_SOON)
+                    if !Box::pin(self.wait_for_topology(&mut topology, deadline, tag, RETRY_SOON))
                         .await?
                     {
                         return Ok(false);
                     }
                     continue;
                 }
-                Err(e) => return Err(self.no_server(e).await),
+                Err(e) => return Err(Box::pin(self.no_server(e)).await),
             };
             if member.role == Role::Leader && server.in_hot_standby() == Some(true) {
                 tracing::warn!(member = %member.addr, "a server opened for the leader is in recovery; waiting for the topology");
@@ -161,8 +158,7 @@ impl Session<'_> {
                 discard(server);
                 // The topology may name it leader just before it is
                 // promoted: look again soon, whether or not it changes.
-                if !self
-                    .wait_for_topology(&mut topology, deadline, tag, RETRY_SOON)
+                if !Box::pin(self.wait_for_topology(&mut topology, deadline, tag, RETRY_SOON))
                     .await?
                 {
                     return Ok(false);
@@ -229,14 +225,20 @@ impl Session<'_> {
 
     /// Holds `server`, of `member`, once it carries the client's settings.
     /// Its work counts as `wanted`'s, or as a fallback when a read went
-    /// to the leader.
+    /// to the leader. Bringing a server to the client's settings is boxed,
+    /// as are the other rare branches of [`Session::take_server`]: their
+    /// futures would otherwise sit in the route future boxed on every wait
+    /// for a server, making it too large for the allocator's fast path
+    /// (928 bytes with them, copied into a fresh allocation per wait).
     async fn hold(
         &mut self,
-        server: PooledServer,
+        mut server: PooledServer,
         member: &Member,
         wanted: Role,
     ) -> Result<(), CloseReason> {
-        let server = self.prepare_server(server).await?;
+        if !self.login.params.carried_by(&mut server) {
+            server = Box::pin(self.prepare_server(server)).await?;
+        }
         self.held(server, member, wanted);
         Ok(())
     }
