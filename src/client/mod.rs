@@ -13,6 +13,7 @@ pub mod idle;
 pub mod login;
 pub mod outq;
 pub mod params;
+pub mod recycle;
 pub mod registry;
 pub mod replay;
 pub mod rewrite;

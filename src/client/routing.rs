@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::recycle::Recycled;
 use super::session::{CloseReason, Session};
 use crate::metrics::{Route, SessionMetrics};
 use crate::pool::group::PoolGroup;
@@ -307,8 +308,9 @@ impl Session<'_> {
     /// the common case of transaction pooling, an idle server of the right
     /// role in the pool, is then served without waiting
     /// ([`Session::take_server_now`]); only the rest becomes a future
-    /// (boxed: taking a server may wait, and every idle client's task
-    /// would otherwise carry that future's space).
+    /// (on the heap: taking a server may wait, and every idle client's
+    /// task would otherwise carry that future's space; in a reused block,
+    /// see [`super::recycle`]).
     pub(super) async fn route_point(
         &mut self,
         ready: &mut usize,
@@ -317,7 +319,7 @@ impl Session<'_> {
         match self.route_decision(ready, tag) {
             Routed::Point(point) => Ok(point),
             Routed::To(role) if self.take_server_now(role) => Ok(self.request_started()),
-            Routed::To(role) => Box::pin(self.route_to(role, ready, tag)).await,
+            Routed::To(role) => Recycled::new(self.route_to(role, ready, tag)).await,
         }
     }
 
