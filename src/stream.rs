@@ -157,19 +157,29 @@ fn poll_transfer(
             Ok(moved)
         });
         match result {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && moved == 0 => {
+            Err(e) if would_block(&e) && moved == 0 => {
                 if interest.is_readable() {
                     ready!(tcp.poll_read_ready(cx))?;
                 } else {
                     ready!(tcp.poll_write_ready(cx))?;
                 }
             }
-            Err(e) if e.kind() != io::ErrorKind::WouldBlock => return Poll::Ready(Err(e)),
+            Err(e) if !would_block(&e) => return Poll::Ready(Err(e)),
             _ => {
                 budget.made_progress();
                 return Poll::Ready(Ok(moved));
             }
         }
+    }
+}
+
+/// Whether `e` says the transfer would block: `EAGAIN` from the kernel
+/// compared as a number (`io::Error::kind` decodes an OS error through a
+/// table on every call), or the kind a short transfer reports.
+fn would_block(e: &io::Error) -> bool {
+    match e.raw_os_error() {
+        Some(code) => code == libc::EAGAIN,
+        None => e.kind() == io::ErrorKind::WouldBlock,
     }
 }
 
@@ -258,6 +268,17 @@ delegate_write!(WriteHalf, tcp => tcp.as_ref());
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
+
+    #[test]
+    fn would_block_is_eagain_or_the_short_transfer_kind_and_nothing_else() {
+        assert!(would_block(&io::Error::from_raw_os_error(libc::EAGAIN)));
+        assert!(would_block(&io::ErrorKind::WouldBlock.into()));
+        assert!(!would_block(&io::Error::from_raw_os_error(
+            libc::ECONNRESET
+        )));
+        assert!(!would_block(&io::Error::from_raw_os_error(libc::EINTR)));
+        assert!(!would_block(&io::ErrorKind::BrokenPipe.into()));
+    }
 
     /// `read_now` until it reports something (the I/O driver notes the
     /// socket's readiness while the task sleeps).

@@ -65,7 +65,7 @@ fn retried(mut call: impl FnMut() -> libc::c_long) -> io::Result<usize> {
             Ok(n) => return Ok(n),
             Err(_) => {
                 let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
+                if e.raw_os_error() != Some(libc::EINTR) {
                     return Err(e);
                 }
             }

@@ -17,9 +17,8 @@ use crate::metrics::Route;
 use crate::pool::pools::{discard, CheckoutError, PooledServer};
 use crate::pool::server::ServerError;
 use crate::route::choose::choose_reader;
-use crate::topology::{ClusterTopology, Member, Role, Topology};
+use crate::topology::{now_nanos, seconds_since, ClusterTopology, Member, Role, Topology};
 use crate::wire::messages::ProxyError;
-use std::time::Instant;
 
 impl Session<'_> {
     /// Takes a server for `role` without waiting, when the session holds
@@ -127,11 +126,12 @@ impl Session<'_> {
             if self.shared.is_paused() {
                 self.shared.wait_while_paused().await;
             }
-            let asked = Instant::now();
+            let asked = now_nanos();
             let checkout = self.acquire_server(pool).await;
-            self.routing
-                .metrics
-                .checkout_wait(member.role == Role::Leader, asked.elapsed().as_secs_f64());
+            self.routing.metrics.checkout_wait(
+                member.role == Role::Leader,
+                seconds_since(asked, now_nanos()),
+            );
             let server = match checkout {
                 Ok(Some(server)) => server,
                 Ok(None) => {

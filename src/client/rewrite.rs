@@ -435,9 +435,10 @@ impl Session<'_> {
 }
 
 /// Classifies statement text under `key` (text that is not UTF-8 goes to
-/// the leader).
+/// the leader, unless it is a plain statement with the odd bytes inside a
+/// literal).
 fn classify(classifier: &Classifier, text: &[u8], key: ClassifyKey) -> Summary {
-    std::str::from_utf8(text).map_or_else(|_| Summary::leader(), |t| classifier.classify(t, key.1))
+    classifier.classify_bytes(text, key.1)
 }
 
 /// The statement name in a single `DEALLOCATE [PREPARE] name` query body.

@@ -33,7 +33,6 @@
 use bytes::Bytes;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use super::recycle::Recycled;
 use super::session::{CloseReason, Session};
@@ -43,7 +42,9 @@ use crate::pool::pools::{PooledServer, ServerPool};
 use crate::route::choose::Rng;
 use crate::route::classify::{Summary, Target};
 use crate::route::policy::{after_begin, decide, Decision};
-use crate::topology::{now_nanos, Member, MemberState, Role, Topology, TopologyWatch};
+use crate::topology::{
+    now_nanos, seconds_since, Member, MemberState, Role, Topology, TopologyWatch,
+};
 use crate::wire::frame::{peek_header, read_cstr, HEADER_LEN};
 
 /// When a session (or user) last finished work on the leader that may
@@ -109,10 +110,11 @@ pub struct Routing {
     /// Where the held server's work counts: leader, replica, or fallback
     /// (a read the leader took because no replica qualified).
     pub route: Route,
-    /// When the request in flight started (its first message).
-    request_started: Option<Instant>,
-    /// When the transaction in flight started.
-    transaction_started: Option<Instant>,
+    /// When the request in flight started (its first message), in
+    /// [`now_nanos`]; 0 when none is.
+    request_started: u64,
+    /// When the transaction in flight started; 0 when none is.
+    transaction_started: u64,
 }
 
 impl Routing {
@@ -148,8 +150,8 @@ impl Routing {
             rng: Rng::new(seed),
             metrics,
             route: Route::Leader,
-            request_started: None,
-            transaction_started: None,
+            request_started: 0,
+            transaction_started: 0,
         }
     }
 
@@ -167,10 +169,12 @@ impl Routing {
             b'Q' => self.unnamed = None,
             _ => {}
         }
-        if self.unit_start && self.request_started.is_none() {
-            let now = Instant::now();
-            self.request_started = Some(now);
-            self.transaction_started.get_or_insert(now);
+        if self.unit_start && self.request_started == 0 {
+            let now = now_nanos();
+            self.request_started = now;
+            if self.transaction_started == 0 {
+                self.transaction_started = now;
+            }
         }
         self.unit_start = matches!(tag, b'S' | b'Q' | b'F');
     }
@@ -238,14 +242,13 @@ impl Routing {
     /// (and a transaction, when idle). A pipelined request whose start
     /// was not marked counts with no duration.
     pub fn server_ready(&mut self, status: u8) {
-        let now = Instant::now();
-        let started = self.request_started.take().unwrap_or(now);
-        self.metrics
-            .query(self.route, (now - started).as_secs_f64());
+        let now = now_nanos();
+        let started = std::mem::take(&mut self.request_started);
+        self.metrics.query(self.route, seconds_since(started, now));
         if status == b'I' {
-            if let Some(t) = self.transaction_started.take() {
-                self.metrics
-                    .transaction(self.route, (now - t).as_secs_f64());
+            let t = std::mem::take(&mut self.transaction_started);
+            if t != 0 {
+                self.metrics.transaction(self.route, seconds_since(t, now));
             }
         }
         if self.held != Some(Role::Leader) {
@@ -256,7 +259,7 @@ impl Routing {
             self.wrote = true;
         } else if self.wrote {
             self.wrote = false;
-            self.mark.note(now_nanos());
+            self.mark.note(now);
         }
     }
 }

@@ -137,8 +137,21 @@ impl Classifier {
     /// Classifies every statement of `sql`: the common plain read in one
     /// pass over its bytes ([`super::quick`]), anything else token by token.
     pub fn classify(&self, sql: &str, standard_conforming_strings: bool) -> Summary {
-        super::quick::single_statement(self, sql, standard_conforming_strings)
-            .unwrap_or_else(|| self.classify_tokens(sql, standard_conforming_strings))
+        self.classify_bytes(sql.as_bytes(), standard_conforming_strings)
+    }
+
+    /// [`Classifier::classify`] of text as it came from a client: only
+    /// the token way needs it to be UTF-8, and text that is not goes to
+    /// the leader.
+    pub fn classify_bytes(&self, sql: &[u8], standard_conforming_strings: bool) -> Summary {
+        super::quick::single_statement(self, sql, standard_conforming_strings).unwrap_or_else(
+            || {
+                std::str::from_utf8(sql).map_or_else(
+                    |_| Summary::leader(),
+                    |sql| self.classify_tokens(sql, standard_conforming_strings),
+                )
+            },
+        )
     }
 
     /// Classifies every statement of `sql` from its tokens: what

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::config::{Config, DiscoveryConfig};
-pub use state::{now_nanos, ClusterState, MemberState, Observed};
+pub use state::{now_nanos, seconds_since, ClusterState, MemberState, Observed};
 
 /// What a member does in its cluster.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
