@@ -12,7 +12,9 @@
 # PGSPLIT_BIN picks the binary, AUTH the client auth (md5; SCRAM by
 # default). PROXY=pgbouncer counts PgBouncer instead, in front of the same
 # kind of leader with the same pool size, for the figure to hold pgsplit's
-# against. Installs valgrind when missing.
+# against; give it AUTH=md5, since PgBouncer derives SCRAM keys on every
+# login (some 65 million instructions each, which swamp the count).
+# Installs valgrind when missing.
 # CACHE=1 also simulates the caches: first-level instruction and data
 # misses per transaction, and the code executed on every transaction
 # (64-byte lines run at least once per transaction on average), the
@@ -68,11 +70,13 @@ for _ in $(seq 60); do pgbench_run 1 >/dev/null 2>&1 && break; sleep 1; done
 # Long enough for the pool to reach its size: a server login (SCRAM key
 # derivation) inside the counted window would swamp it.
 pgbench_run 300 >/dev/null
-control -z "$PROXY_PID" >/dev/null
+# A dump starts the counted window: each dump holds what ran since the
+# last (zeroing through vgdb did not take with PgBouncer).
+control -d "$PROXY_PID" >/dev/null
 pgbench_run "$TXNS" | grep -E '^(tps|number of transactions actually processed)'
 control -d "$PROXY_PID" >/dev/null
 sleep 1
-FILE=$(ls -t "$OUT"* | grep -v "^$OUT\$" | head -1)
+FILE=$(ls -v "$OUT".* | tail -1)
 TOTAL=$(callgrind_annotate "$FILE" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
 echo "callgrind file: $FILE"
 echo "instructions per transaction: $((TOTAL / (CLIENTS * TXNS)))"
