@@ -67,6 +67,8 @@ unsafe impl<F: Sync> Sync for Recycled<F> {}
 impl<F> Unpin for Recycled<F> {}
 
 impl<F: Future> Recycled<F> {
+    /// Places `future` in a kept block of this thread (or a new one) when
+    /// it fits one, else in a box.
     pub fn new(future: F) -> Self {
         let layout = Layout::new::<F>();
         if layout.size() == 0 || layout.size() > BLOCK.size() || layout.align() > BLOCK.align() {

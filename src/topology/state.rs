@@ -30,8 +30,8 @@ pub fn now_nanos() -> u64 {
         .max(1)
 }
 
-/// Seconds from `start` to `now`, both [`now_nanos`]; none when `start`
-/// is 0 (never marked).
+/// Seconds from `start` to `now`, both [`now_nanos`]; 0 when `start` is
+/// 0 (never marked) or after `now`.
 pub fn seconds_since(start: u64, now: u64) -> f64 {
     if start == 0 {
         return 0.0;
