@@ -13,7 +13,7 @@ use super::session::Session;
 use super::statements::{ClassifyKey, Statement};
 use super::tracker::Synthetic;
 use crate::config::PoolMode;
-use crate::route::classify::{Classifier, Summary};
+use crate::route::classify::Summary;
 use crate::route::session::{effects, may_have_effects, Effect};
 use crate::wire::frame::{peek_header, read_cstr, Header, HEADER_LEN};
 use crate::wire::messages::ProxyError;
@@ -41,9 +41,10 @@ impl Session<'_> {
     }
 
     /// Classifies statement text under `key` (text that is not UTF-8
-    /// goes to the leader).
+    /// goes to the leader, unless it is a plain statement with the odd
+    /// bytes inside a literal).
     pub(super) fn classify_text(&self, text: &[u8], key: ClassifyKey) -> Summary {
-        classify(&self.settings.classifier, text, key)
+        self.settings.classifier.classify_bytes(text, key.1)
     }
 
     /// Whether the server holds the client's current unnamed statement.
@@ -91,7 +92,7 @@ impl Session<'_> {
         let classifier = &self.settings.classifier;
         let (seq, summary) = self
             .statements
-            .set_unnamed(rest, key, || classify(classifier, query, key));
+            .set_unnamed(rest, key, || classifier.classify_bytes(query, key.1));
         self.pin_for_parse(query, summary);
         if let Some(server) = self.server.as_deref_mut() {
             server.unnamed_owner = Some((self.login.client_id, seq));
@@ -432,13 +433,6 @@ impl Session<'_> {
         self.statements.remove(&String::from_utf8_lossy(name));
         self.tracker.synthetic(Synthetic::CloseComplete);
     }
-}
-
-/// Classifies statement text under `key` (text that is not UTF-8 goes to
-/// the leader, unless it is a plain statement with the odd bytes inside a
-/// literal).
-fn classify(classifier: &Classifier, text: &[u8], key: ClassifyKey) -> Summary {
-    classifier.classify_bytes(text, key.1)
 }
 
 /// The statement name in a single `DEALLOCATE [PREPARE] name` query body.
