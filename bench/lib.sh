@@ -54,6 +54,9 @@ CONF
 # start_pgsplit AUTH (scram-sha-256 | md5) [NAME]: sets SPLIT_PORT and
 # SPLIT_PID. NAME (default AUTH) tells the config and log files of several
 # instances apart; PGSPLIT_BIN picks the binary.
+# With OWN_GROUPS set, pgsplit and PgBouncer each start in a session of
+# their own (setsid), so the kernel schedules each as a group apart from
+# the shell's, where pgbench runs: PostgreSQL's backends each have one.
 start_pgsplit() {
     local name=${2:-$1}
     SPLIT_PORT=$(free_port)
@@ -74,7 +77,7 @@ name = "bench"
 kind = "static"
 leader = "127.0.0.1:$PG_PORT"
 CONF
-    RUST_LOG=warn ${PGSPLIT_ENV:-} "${PGSPLIT_BIN:-$ROOT/target/release/pgsplit}" --config "$WORK/pgsplit-$name.toml" >"$WORK/pgsplit-$name.log" 2>&1 &
+    RUST_LOG=warn ${OWN_GROUPS:+setsid} ${PGSPLIT_ENV:-} "${PGSPLIT_BIN:-$ROOT/target/release/pgsplit}" --config "$WORK/pgsplit-$name.toml" >"$WORK/pgsplit-$name.log" 2>&1 &
     SPLIT_PID=$!
     PIDS+=("$SPLIT_PID")
 }
@@ -101,7 +104,7 @@ logfile = $WORK/pgbouncer-$1.log
 pidfile = $WORK/pgbouncer-$1.pid
 CONF
     [ "$(id -u)" = 0 ] && chown postgres: "$WORK"/pgbouncer-"$1".ini "$WORK"/userlist.txt
-    as_pg "$PGBOUNCER" "$WORK/pgbouncer-$1.ini" >/dev/null 2>&1 &
+    as_pg ${OWN_GROUPS:+setsid} "$PGBOUNCER" "$WORK/pgbouncer-$1.ini" >/dev/null 2>&1 &
     PIDS+=("$!")
     sleep 1
     # Its pid file says it is up (later under valgrind).
