@@ -1,12 +1,13 @@
 //! The SQL lexer, the recognition of session-state statements and the
 //! read/write classification, with both settings of
 //! standard_conforming_strings. Wherever the one-pass classifier reads a
-//! text itself, it must agree with the token-based one; a text with a
-//! session effect must pass the cheap pre-check.
+//! text itself, it must agree with the token-based one, and call it free
+//! of session effects exactly when the session-state scan finds none; a
+//! text with a session effect must pass the cheap pre-check.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pgsplit::route::classify::Classifier;
+use pgsplit::route::classify::{Classifier, Summary};
 use pgsplit::route::{lexer, quick, session};
 
 fuzz_target!(|data: &[u8]| {
@@ -22,6 +23,11 @@ fuzz_target!(|data: &[u8]| {
             assert!(may || found.is_empty(), "pre-check missed {found:?} in {text:?}");
             let classifier = Classifier::new(["audit.log_event"]);
             if let Some(summary) = quick::single_statement(&classifier, data, scs) {
+                assert_eq!(summary.effect_free, found.is_empty(), "effect_free for {text:?}");
+                let summary = Summary {
+                    effect_free: false,
+                    ..summary
+                };
                 assert_eq!(summary, classifier.classify_tokens(text, scs), "{text:?}");
             }
         }

@@ -108,11 +108,11 @@ impl Session<'_> {
         if let Some(server) = self.server.as_deref_mut() {
             server.unnamed_owner = None;
         }
-        let text = leading_name(body);
-        if self.routing.take_read_query(text) {
-            // Routing classified this very text as reads only.
+        if self.routing.take_effect_free_query(body) {
+            // Routing found this very text to leave session state alone.
             return false;
         }
+        let text = leading_name(body);
         let Some(found) = self.effects_of(text) else {
             return false;
         };
@@ -217,9 +217,9 @@ impl Session<'_> {
 
     /// Pins the client when a Parse carries a command that changes
     /// session state (not replayed over the extended protocol). Text
-    /// classified as reads only cannot.
+    /// the classifier found to leave session state alone cannot.
     fn pin_for_parse(&mut self, query: &[u8], summary: Summary) {
-        if summary.only_reads || !may_have_effects(query) {
+        if summary.leaves_session_alone() || !may_have_effects(query) {
             return;
         }
         if let Ok(text) = std::str::from_utf8(query) {

@@ -101,9 +101,10 @@ pub struct Routing {
     /// The pool last used, kept at hand: (group epoch, member address,
     /// pool). Saves the group's lock and map lookup per transaction.
     pool_at_hand: Option<(u64, Arc<str>, ServerPool)>,
-    /// A simple Query's text the scan found to be reads only (address and
-    /// length in the client's buffer): its session-state scan is skipped.
-    read_query: Option<(usize, u32)>,
+    /// A simple Query's text the scan found to leave session state alone
+    /// (address and length in the client's buffer): its session-state
+    /// scan is skipped.
+    effect_free_query: Option<(usize, u32)>,
     pub(super) rng: Rng,
     /// Counters and timers of this (cluster, database, user).
     pub metrics: Arc<SessionMetrics>,
@@ -143,7 +144,7 @@ impl Routing {
             resolved: (0, 0),
             unnamed: None,
             scanned_unnamed: 0,
-            read_query: None,
+            effect_free_query: None,
             topology,
             snapshot: None,
             pool_at_hand: None,
@@ -210,15 +211,18 @@ impl Routing {
 
     /// Forgets the Query text the last scan noted (its message was not
     /// forwarded).
-    pub fn forget_read_query(&mut self) {
-        self.read_query = None;
+    pub fn forget_effect_free_query(&mut self) {
+        self.effect_free_query = None;
     }
 
-    /// Whether `text` is the Query text the last scan found to be reads
-    /// only; forgets it either way.
-    pub fn take_read_query(&mut self, text: &[u8]) -> bool {
-        let noted = self.read_query.take();
-        noted.is_some() && noted == query_mark(text)
+    /// Whether the Query `body` holds the text the last scan found to
+    /// leave session state alone: the same bytes, ended by its NUL;
+    /// forgets it either way. Compared by place, so the text is not
+    /// searched for its end a second time.
+    pub fn take_effect_free_query(&mut self, body: &[u8]) -> bool {
+        self.effect_free_query
+            .take()
+            .is_some_and(|mark| holds_marked_text(mark, body))
     }
 
     /// The held server reported `in_hot_standby`: the member's role as it
@@ -269,6 +273,12 @@ impl Routing {
 fn query_mark(text: &[u8]) -> Option<(usize, u32)> {
     let len = u32::try_from(text.len()).ok()?;
     Some((text.as_ptr() as usize, len))
+}
+
+/// Whether `body` starts with the text `mark` was taken of, in the same
+/// place, ended by its NUL.
+fn holds_marked_text((at, len): (usize, u32), body: &[u8]) -> bool {
+    at == body.as_ptr() as usize && body.get(len as usize) == Some(&0)
 }
 
 /// What a routing point decided for the message at hand.
@@ -464,7 +474,8 @@ impl Session<'_> {
             let body = input.get(HEADER_LEN..).unwrap_or_default();
             let text = read_cstr(body).map_or(&[][..], |(t, _)| t);
             let summary = self.classify_text(text, key);
-            self.routing.read_query = query_mark(text).filter(|_| summary.only_reads);
+            self.routing.effect_free_query =
+                query_mark(text).filter(|_| summary.leaves_session_alone());
             return Unit {
                 summary,
                 neutral: false,
@@ -573,5 +584,22 @@ impl Session<'_> {
         }));
         self.routing.deferred_begin = Some(message);
         self.routing.unit_start = true;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_marked_text_is_known_by_its_place_and_its_nul() {
+        let body = b"SELECT 1\0".to_vec();
+        let mark = query_mark(&body[..8]).unwrap();
+        assert!(holds_marked_text(mark, &body));
+        let copy = body.clone();
+        assert!(!holds_marked_text(mark, &copy), "the same text elsewhere");
+        let longer = query_mark(&body[..7]).unwrap();
+        assert!(!holds_marked_text(longer, &body), "no NUL after the mark");
+        assert!(!holds_marked_text(mark, &body[..8]), "the body ends early");
     }
 }

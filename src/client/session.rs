@@ -417,11 +417,11 @@ impl Session<'_> {
                     Point::Handled => {
                         // The message was answered, not forwarded: what
                         // its scan noted is void.
-                        self.routing.forget_read_query();
+                        self.routing.forget_effect_free_query();
                         continue;
                     }
                     Point::Blocked => {
-                        self.routing.forget_read_query();
+                        self.routing.forget_effect_free_query();
                         self.routing.blocked = true;
                         break;
                     }

@@ -64,6 +64,12 @@ pub struct Summary {
     /// among those that make a statement a write), so the session-state
     /// scan can be skipped.
     pub only_reads: bool,
+    /// Set by the one-pass classifier only: the text is one plain
+    /// statement that calls none of the functions whose effect outlives
+    /// the transaction, so the session-state scan can be skipped for a
+    /// write too (under TPC-B-like load that scan cost more than the
+    /// classification itself).
+    pub effect_free: bool,
 }
 
 impl Default for Summary {
@@ -74,6 +80,7 @@ impl Default for Summary {
             rest_reads_only: true,
             hint: None,
             only_reads: true,
+            effect_free: false,
         }
     }
 }
@@ -87,6 +94,12 @@ impl Summary {
             only_reads: false,
             ..Summary::default()
         }
+    }
+
+    /// Whether the text certainly leaves session state alone: proven
+    /// reads, or one plain statement without a session-level call.
+    pub fn leaves_session_alone(&self) -> bool {
+        self.only_reads || self.effect_free
     }
 
     /// Every statement fits a read-only transaction.

@@ -13,9 +13,16 @@
 //! standard_conforming_strings is off, non-ASCII text outside literals,
 //! unterminated literals, several statements, and statements that start
 //! otherwise.
+//!
+//! On the way it notes any call of a function whose effect outlives the
+//! transaction (`set_config`, the session advisory locks). Nothing else in
+//! a statement of this shape changes session state, so a statement
+//! without such a call skips the session-state scan
+//! ([`Summary::effect_free`]), writes included.
 
 use super::classify::{Class, Classifier, Summary};
 use super::lexer::{class_of, skip_class, IDENT_CHAR, IDENT_START, NUMBER_CHAR, OPERATOR, SPACE};
+use super::session::is_session_function;
 
 /// The words that open a statement that may only read.
 const READ_OPENERS: &[&[u8]] = &[b"select", b"values", b"table", b"show", b"with", b"explain"];
@@ -47,6 +54,8 @@ pub fn single_statement(
     // makes a function call, and whether it was the word FOR.
     let mut name = Some((pos, first_end));
     let mut after_for = false;
+    // A call of a function whose effect outlives the transaction.
+    let mut session_call = false;
     pos = first_end;
     loop {
         pos = skip_class(src, pos, SPACE);
@@ -87,9 +96,11 @@ pub fn single_statement(
         } else if matches!(c, b'\'' | b'$') {
             return None;
         } else {
-            if c == b'(' && !writes {
-                if let Some((s, e)) = name {
-                    let called = std::str::from_utf8(&src[s..e]).ok()?.trim_matches('"');
+            if let (b'(', Some((s, e))) = (c, name) {
+                let called = &src[s..e];
+                session_call |= is_session_function(called);
+                if !writes {
+                    let called = std::str::from_utf8(called).ok()?.trim_matches('"');
                     writes |= classifier.writes(called);
                 }
             }
@@ -103,6 +114,7 @@ pub fn single_statement(
     Some(Summary {
         first: Some(class),
         only_reads: !writes,
+        effect_free: !session_call,
         ..Summary::default()
     })
 }
@@ -165,12 +177,26 @@ fn operator_end(src: &[u8], pos: usize) -> Option<usize> {
 mod tests {
     use super::*;
 
+    /// The one-pass reading of `sql` (`None`: it gave up) and the token
+    /// way's. Where it reads a text, its `effect_free` must be exactly
+    /// what the session-state scan finds; that fact is its own (the token
+    /// way leaves it unset), so it is checked here and cleared.
     fn both(sql: &str, standard: bool) -> (Option<Summary>, Summary) {
         let c = Classifier::new(["audit.log_event"]);
         (
-            single_statement(&c, sql.as_bytes(), standard),
+            read_here(&c, sql, standard),
             c.classify_tokens(sql, standard),
         )
+    }
+
+    fn read_here(c: &Classifier, sql: &str, standard: bool) -> Option<Summary> {
+        let quick = single_statement(c, sql.as_bytes(), standard)?;
+        let found = crate::route::session::effects(sql, standard);
+        assert_eq!(quick.effect_free, found.is_empty(), "{sql:?}: {found:?}");
+        Some(Summary {
+            effect_free: false,
+            ..quick
+        })
     }
 
     #[test]
@@ -233,7 +259,34 @@ mod tests {
         "DELETE FROM t WHERE x = 'a;b' RETURNING *",
         "MERGE INTO t USING s ON t.id = s.id WHEN MATCHED THEN UPDATE SET v = s.v",
         "update t set v = nextval('s')",
+        "UPDATE t SET v = set_config('a', 'b', false)",
+        "SELECT pg_catalog.set_config('a', 'b', false)",
+        "select PG_ADVISORY_LOCK (1)",
+        "INSERT INTO t VALUES (\"SET_CONFIG\"(1), \"set_config\"(2))",
+        "DELETE FROM t WHERE pg_try_advisory_lock_shared(id)",
     ];
+
+    #[test]
+    fn a_plain_statement_is_effect_free_unless_it_calls_a_session_function() {
+        let c = Classifier::default();
+        let effect_free =
+            |sql: &str| single_statement(&c, sql.as_bytes(), true).map(|s| s.effect_free);
+        for sql in [
+            "UPDATE pgbench_accounts SET abalance = abalance + -4380 WHERE aid = 775640;",
+            "insert into pgbench_history (tid, mtime) values (7, CURRENT_TIMESTAMP);",
+            "SELECT \"SET_CONFIG\"('a', 'b', false)",
+            "SELECT 'set_config(1)' FROM t",
+        ] {
+            assert_eq!(effect_free(sql), Some(true), "{sql}");
+        }
+        for sql in [
+            "UPDATE t SET v = set_config('a', 'b', false)",
+            "SELECT x FROM t WHERE pg_advisory_lock(1) IS NOT NULL",
+            "SELECT \"set_config\"('a', 'b', false)",
+        ] {
+            assert_eq!(effect_free(sql), Some(false), "{sql}");
+        }
+    }
 
     #[test]
     fn plain_text_is_read_here_and_agrees() {
@@ -314,6 +367,10 @@ mod tests {
             "nextval",
             "\"nextval\"",
             "pg_advisory_lock",
+            "set_config",
+            "SET_CONFIG",
+            "\"set_config\"",
+            "pg_try_advisory_lock_shared",
             "audit.log_event",
             "lo_",
             "$1",
@@ -347,7 +404,7 @@ mod tests {
             seed ^= seed << 17;
             (seed % n as u64) as usize
         };
-        let mut read_here = 0;
+        let mut count = 0;
         for _ in 0..20_000 {
             let mut sql =
                 String::from(["SELECT ", "select", "WITH ", "x ", "UPDATE ", "insert"][next(6)]);
@@ -358,8 +415,8 @@ mod tests {
                 }
             }
             for standard in [true, false] {
-                if let Some(quick) = single_statement(&c, sql.as_bytes(), standard) {
-                    read_here += 1;
+                if let Some(quick) = read_here(&c, &sql, standard) {
+                    count += 1;
                     assert_eq!(
                         quick,
                         c.classify_tokens(&sql, standard),
@@ -369,7 +426,7 @@ mod tests {
             }
         }
         // The generator must reach this module's own decisions often.
-        assert!(read_here > 2_000, "only {read_here} texts read here");
+        assert!(count > 2_000, "only {count} texts read here");
     }
 
     #[test]

@@ -24,6 +24,19 @@ const SESSION_FUNCTIONS: &[&str] = &[
     "pg_try_advisory_lock_shared",
 ];
 
+/// Whether a called name, as written (a quoted name keeps its quotes and
+/// its case; a plain one matches in any case), is one of
+/// [`SESSION_FUNCTIONS`]. The token-based scan and the one-pass
+/// classifier both ask here, so they cannot disagree.
+pub fn is_session_function(name: &[u8]) -> bool {
+    match name.strip_prefix(b"\"").and_then(|n| n.strip_suffix(b"\"")) {
+        Some(inner) => SESSION_FUNCTIONS.iter().any(|f| inner == f.as_bytes()),
+        None => SESSION_FUNCTIONS
+            .iter()
+            .any(|f| name.eq_ignore_ascii_case(f.as_bytes())),
+    }
+}
+
 /// One statement's effect on session state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
@@ -279,12 +292,9 @@ fn statement_effect(sql: &str, t: &[Token]) -> Option<Effect> {
 
 /// A call of a function whose effect outlives the transaction.
 fn session_function_call(sql: &str, t: &[Token]) -> Option<Effect> {
-    t.windows(2).find_map(|w| {
-        let is_call = w[1].kind == Kind::Punct(b'(');
-        let name = word(sql, Some(&w[0]))?;
-        (is_call && SESSION_FUNCTIONS.contains(&name.as_str()))
-            .then_some(Effect::Pin("session-level function call"))
-    })
+    t.windows(2)
+        .any(|w| w[1].kind == Kind::Punct(b'(') && is_session_function(w[0].text(sql).as_bytes()))
+        .then_some(Effect::Pin("session-level function call"))
 }
 
 #[cfg(test)]
