@@ -25,6 +25,10 @@ const MIX: &[&str] = &[
     "SELECT nextval('orders_id_seq')",
 ];
 
+/// What pgbench's TPC-B-like script sends most, as simple-protocol text.
+const TPCB_UPDATE: &str =
+    "UPDATE pgbench_accounts SET abalance = abalance + -4146 WHERE aid = 380776;";
+
 fn bench(c: &mut Criterion) {
     let classifier = Classifier::new(["audit.log_event"]);
     let mut g = c.benchmark_group("classify");
@@ -39,6 +43,9 @@ fn bench(c: &mut Criterion) {
     g.throughput(Throughput::Elements(1));
     g.bench_function("pgbench select", |b| {
         b.iter(|| black_box(classifier.classify(black_box(MIX[0]), true)))
+    });
+    g.bench_function("pgbench TPC-B-like update, simple protocol", |b| {
+        b.iter(|| black_box(classifier.classify(black_box(TPCB_UPDATE), true)))
     });
     g.bench_function("ORM select with joins", |b| {
         b.iter(|| black_box(classifier.classify(black_box(MIX[5]), true)))
