@@ -200,6 +200,38 @@ async fn a_changed_config_file_is_picked_up() {
         .expect("the client stayed");
 }
 
+/// Watching the config file must not read it over and over: the check
+/// for a change reads the file, and inotify reports that read as an
+/// event in the watched directory, which used to trigger the next check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unchanged_config_file_is_not_read_again_and_again() {
+    use notify::Watcher;
+    let (env, path) =
+        TestEnv::start_from_file(0, |cluster| config(cluster, &[APP], "pool_size = 4", "", 0))
+            .await;
+    // Past pgsplit's first look at the file and the 200 ms it gathers
+    // events for.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let mut watcher = notify::recommended_watcher(move |e: notify::Result<notify::Event>| {
+        if let Ok(e) = e {
+            let _ = tx.send(e.kind);
+        }
+    })
+    .unwrap();
+    watcher
+        .watch(&path, notify::RecursiveMode::NonRecursive)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(watcher);
+    let reads: Vec<_> = rx
+        .try_iter()
+        .filter(|k| matches!(k, notify::EventKind::Access(_)))
+        .collect();
+    assert!(reads.is_empty(), "the idle config file was read: {reads:?}");
+    env.connect().await;
+}
+
 /// The binary reloads on SIGHUP.
 #[test]
 fn sighup_reloads() {

@@ -51,6 +51,8 @@ pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
 /// watched, not the file: Kubernetes updates a mounted ConfigMap by
 /// swapping a symlink (`..data`) beside it. Events are gathered for
 /// 200 ms, and a reload happens only when the file's bytes changed.
+/// Events that only say a file was opened or read are ignored
+/// ([`may_change_files`]): the check itself reads the file.
 pub async fn watch_file(
     shared: std::sync::Arc<Shared>,
     path: std::path::PathBuf,
@@ -68,7 +70,7 @@ pub async fn watch_file(
     };
     let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|e| may_change_files(&e.kind)) {
             let _ = tx.try_send(());
         }
     });
@@ -97,6 +99,19 @@ pub async fn watch_file(
             tracing::info!(file = %path.display(), "config file changed; reloading");
             let _ = reload(&shared);
         }
+    }
+}
+
+/// Whether an event in the config directory may mean a changed file.
+/// inotify also reports a file opened, read or closed unwritten; reading
+/// the config file to compare it made such an event, which made another
+/// read 200 ms later, for as long as pgsplit ran.
+fn may_change_files(kind: &notify::EventKind) -> bool {
+    use notify::event::{AccessKind, AccessMode};
+    match kind {
+        notify::EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        notify::EventKind::Access(_) => false,
+        _ => true,
     }
 }
 
@@ -140,6 +155,29 @@ fn keep_restart_only_settings(old: &Config, new: &mut Config) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reading_a_file_is_no_change_and_writing_one_is() {
+        use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RemoveKind};
+        use notify::EventKind;
+        for quiet in [
+            EventKind::Access(AccessKind::Read),
+            EventKind::Access(AccessKind::Open(AccessMode::Any)),
+            EventKind::Access(AccessKind::Close(AccessMode::Read)),
+        ] {
+            assert!(!may_change_files(&quiet), "{quiet:?}");
+        }
+        for change in [
+            EventKind::Access(AccessKind::Close(AccessMode::Write)),
+            EventKind::Modify(ModifyKind::Any),
+            EventKind::Create(CreateKind::File),
+            EventKind::Remove(RemoveKind::File),
+            EventKind::Any,
+            EventKind::Other,
+        ] {
+            assert!(may_change_files(&change), "{change:?}");
+        }
+    }
 
     #[test]
     fn listen_addresses_keep_their_running_values() {
