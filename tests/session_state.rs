@@ -126,6 +126,29 @@ async fn untrackable_state_pins_the_client() {
     }
 }
 
+/// `SELECT ... INTO TEMP` makes a table that lives as long as the
+/// session: its server stays the client's, and no other client is handed
+/// a server that has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn select_into_a_temporary_table_pins_the_client() {
+    let env = TestEnv::start(0, "pool_size = 2").await;
+    let a = env.connect().await;
+    let b = env.connect().await;
+    a.batch_execute("SELECT 1 AS x INTO TEMP made_here")
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        // Simple protocol, as the table was made: one plain statement.
+        a.batch_execute("SELECT x FROM made_here").await.unwrap();
+        let seen: Option<String> = b
+            .query_one("SELECT to_regclass('made_here')::text", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(seen, None, "b was handed the server with a's table");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jdbc_style_multi_statement_strings() {
     let env = TestEnv::start(0, "pool_size = 1").await;

@@ -14,11 +14,11 @@
 //! unterminated literals, several statements, and statements that start
 //! otherwise.
 //!
-//! On the way it notes any call of a function whose effect outlives the
-//! transaction (`set_config`, the session advisory locks). Nothing else in
-//! a statement of this shape changes session state, so a statement
-//! without such a call skips the session-state scan
-//! ([`Summary::effect_free`]), writes included.
+//! On the way it notes what in a statement of this shape changes session
+//! state: a call of a function whose effect outlives the transaction
+//! (`set_config`, the session advisory locks) and a temporary table made
+//! by `SELECT ... INTO`. A statement without either skips the
+//! session-state scan ([`Summary::effect_free`]), writes included.
 
 use super::classify::{Class, Classifier, Summary};
 use super::lexer::{class_of, skip_class, IDENT_CHAR, IDENT_START, NUMBER_CHAR, OPERATOR, SPACE};
@@ -54,12 +54,17 @@ pub fn single_statement(
     // makes a function call, and whether it was the word FOR.
     let mut name = Some((pos, first_end));
     let mut after_for = false;
-    // A call of a function whose effect outlives the transaction.
-    let mut session_call = false;
+    // A call of a function whose effect outlives the transaction, or a
+    // temporary table made by SELECT INTO.
+    let mut session_effect = false;
+    // How far `INTO [TABLE] pg_temp .` has come: 0 not begun, 1 after
+    // INTO, 2 after INTO TABLE, 3 after the schema name.
+    let mut into = 0u8;
     pos = first_end;
     loop {
         pos = skip_class(src, pos, SPACE);
         let Some(&c) = src.get(pos) else { break };
+        let mut next_into = 0;
         let next = src.get(pos + 1).copied().unwrap_or(0);
         let (end, this_name, is_for) = if c >= 0x80 {
             return None;
@@ -67,13 +72,26 @@ pub fn single_statement(
             let end = word_end(src, pos)?;
             let word = &src[pos..end];
             writes = writes || writes_word(word, after_for);
-            (end, Some((pos, end)), word.eq_ignore_ascii_case(b"for"))
+            let is = |w: &[u8]| word.eq_ignore_ascii_case(w);
+            if is(b"into") {
+                next_into = 1;
+            } else if into == 1 && (is(b"temp") || is(b"temporary")) {
+                session_effect = true;
+            } else if into == 1 && is(b"table") {
+                next_into = 2;
+            } else if (into == 1 || into == 2) && is(b"pg_temp") {
+                next_into = 3;
+            }
+            (end, Some((pos, end)), is(b"for"))
         } else if c.is_ascii_digit() || (c == b'.' && next.is_ascii_digit()) {
             (skip_class(src, pos, NUMBER_CHAR), None, false)
         } else if c == b'\'' && standard_conforming_strings {
             (closing(src, pos, b'\'')?, None, false)
         } else if c == b'"' {
             let end = closing(src, pos, b'"')?;
+            if (into == 1 || into == 2) && &src[pos + 1..end - 1] == b"pg_temp" {
+                next_into = 3;
+            }
             (end, Some((pos, end)), false)
         } else if c == b'$' && next.is_ascii_digit() {
             (
@@ -96,9 +114,10 @@ pub fn single_statement(
         } else if matches!(c, b'\'' | b'$') {
             return None;
         } else {
+            session_effect |= c == b'.' && into == 3;
             if let (b'(', Some((s, e))) = (c, name) {
                 let called = &src[s..e];
-                session_call |= is_session_function(called);
+                session_effect |= is_session_function(called);
                 if !writes {
                     let called = std::str::from_utf8(called).ok()?.trim_matches('"');
                     writes |= classifier.writes(called);
@@ -109,12 +128,13 @@ pub fn single_statement(
         pos = end;
         name = this_name;
         after_for = is_for;
+        into = next_into;
     }
     let class = if writes { Class::Write } else { Class::Read };
     Some(Summary {
         first: Some(class),
         only_reads: !writes,
-        effect_free: !session_call,
+        effect_free: !session_effect,
         ..Summary::default()
     })
 }
@@ -264,10 +284,17 @@ mod tests {
         "select PG_ADVISORY_LOCK (1)",
         "INSERT INTO t VALUES (\"SET_CONFIG\"(1), \"set_config\"(2))",
         "DELETE FROM t WHERE pg_try_advisory_lock_shared(id)",
+        "SELECT * INTO TEMP t FROM s",
+        "select 1 into temporary table t",
+        "SELECT 1 INTO TABLE pg_temp.t",
+        "SELECT 1 INTO \"pg_temp\".t",
+        "SELECT 1 INTO pg_temp",
+        "SELECT temp FROM readings",
     ];
 
     #[test]
-    fn a_plain_statement_is_effect_free_unless_it_calls_a_session_function() {
+    fn a_plain_statement_is_effect_free_unless_it_calls_a_session_function_or_makes_a_temporary_table(
+    ) {
         let c = Classifier::default();
         let effect_free =
             |sql: &str| single_statement(&c, sql.as_bytes(), true).map(|s| s.effect_free);
@@ -283,6 +310,8 @@ mod tests {
             "UPDATE t SET v = set_config('a', 'b', false)",
             "SELECT x FROM t WHERE pg_advisory_lock(1) IS NOT NULL",
             "SELECT \"set_config\"('a', 'b', false)",
+            "SELECT * INTO TEMP t FROM s",
+            "SELECT 1 INTO pg_temp.t",
         ] {
             assert_eq!(effect_free(sql), Some(false), "{sql}");
         }
@@ -371,6 +400,12 @@ mod tests {
             "SET_CONFIG",
             "\"set_config\"",
             "pg_try_advisory_lock_shared",
+            "temp",
+            "TEMPORARY",
+            "table",
+            "pg_temp",
+            "\"pg_temp\"",
+            "pg_temp.t",
             "audit.log_event",
             "lo_",
             "$1",

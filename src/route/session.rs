@@ -131,7 +131,8 @@ pub fn may_have_effects(sql: &[u8]) -> bool {
 /// statement or call with a session effect: SET (also `set_config`; not
 /// inside a statement), RESET, DISCARD, DEALLOCATE, PREPARE, LISTEN,
 /// DECLARE, LOAD, TEMP (also TEMPORARY), `pg_advisory` and
-/// `pg_try_advisory` (the advisory lock functions). Its first two letters
+/// `pg_try_advisory` (the advisory lock functions), `pg_temp` (the
+/// schema of temporary tables). Its first two letters
 /// pick the one or two words to compare, so nearly every word is ruled out
 /// by one comparison (`pgbench_accounts` by its `b`).
 fn trigger_at(sql: &[u8], at: usize) -> bool {
@@ -148,7 +149,7 @@ fn trigger_at(sql: &[u8], at: usize) -> bool {
         (b'd', b'i') => starts(b"discard"),
         (b'd', b'e') => starts(b"deallocate") || starts(b"declare"),
         (b'p', b'r') => starts(b"prepare"),
-        (b'p', b'g') => starts(b"pg_advisory") || starts(b"pg_try_advisory"),
+        (b'p', b'g') => starts(b"pg_advisory") || starts(b"pg_try_advisory") || starts(b"pg_temp"),
         (b'l', b'i') => starts(b"listen"),
         (b'l', b'o') => starts(b"load"),
         _ => false,
@@ -286,8 +287,29 @@ fn statement_effect(sql: &str, t: &[Token]) -> Option<Effect> {
         {
             Some(Effect::Pin("CREATE TEMP"))
         }
-        _ => session_function_call(sql, t),
+        _ => session_function_call(sql, t).or_else(|| into_temporary_table(sql, t)),
     }
+}
+
+/// `INTO TEMP`, `INTO TEMPORARY` or `INTO [TABLE] pg_temp.` anywhere:
+/// `SELECT ... INTO` makes a table, and a temporary one lives as long as
+/// the session. (An INSERT into an existing temporary table pins too:
+/// rare, and safe.)
+fn into_temporary_table(sql: &str, t: &[Token]) -> Option<Effect> {
+    let found = (0..t.len()).any(|i| {
+        if !t[i].is_word(sql, "into") {
+            return false;
+        }
+        let at = |j: usize, k: &str| t.get(j).is_some_and(|tok| tok.is_word(sql, k));
+        if at(i + 1, "temp") || at(i + 1, "temporary") {
+            return true;
+        }
+        let schema = if at(i + 1, "table") { i + 2 } else { i + 1 };
+        word(sql, t.get(schema)).as_deref() == Some("pg_temp")
+            && t.get(schema + 1)
+                .is_some_and(|tok| tok.kind == Kind::Punct(b'.'))
+    });
+    found.then_some(Effect::Pin("SELECT INTO a temporary table"))
 }
 
 /// A call of a function whose effect outlives the transaction.
@@ -303,6 +325,32 @@ mod tests {
 
     fn fx(sql: &str) -> Vec<Effect> {
         effects(sql, true)
+    }
+
+    #[test]
+    fn select_into_a_temporary_table_pins() {
+        for sql in [
+            "SELECT * INTO TEMP t FROM s",
+            "select 1 into temporary table t",
+            "SELECT 1 INTO TABLE pg_temp.t",
+            "SELECT 1 INTO \"pg_temp\".t",
+            "WITH a AS (SELECT 1) SELECT * INTO TEMP t FROM a",
+        ] {
+            assert_eq!(
+                fx(sql),
+                vec![Effect::Pin("SELECT INTO a temporary table")],
+                "{sql}"
+            );
+            assert!(may_have_effects(sql.as_bytes()), "{sql}");
+        }
+        for sql in [
+            "SELECT * INTO t FROM s",
+            "SELECT 1 INTO pg_temp",
+            "SELECT temp FROM readings",
+            "INSERT INTO temp_log VALUES (1)",
+        ] {
+            assert_eq!(fx(sql), vec![], "{sql}");
+        }
     }
 
     #[test]
