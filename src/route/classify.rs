@@ -66,9 +66,8 @@ pub struct Summary {
     pub only_reads: bool,
     /// Set by the one-pass classifier only: the text is one plain
     /// statement that calls none of the functions whose effect outlives
-    /// the transaction, so the session-state scan can be skipped for a
-    /// write too (under TPC-B-like load that scan cost more than the
-    /// classification itself).
+    /// the transaction and makes no temporary table, so the session-state
+    /// scan can be skipped for a write too.
     pub effect_free: bool,
 }
 
@@ -97,7 +96,7 @@ impl Summary {
     }
 
     /// Whether the text certainly leaves session state alone: proven
-    /// reads, or one plain statement without a session-level call.
+    /// reads, or one plain statement with no session effect ([`Summary::effect_free`]).
     pub fn leaves_session_alone(&self) -> bool {
         self.only_reads || self.effect_free
     }
