@@ -52,7 +52,7 @@ pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
 /// swapping a symlink (`..data`) beside it. Events are gathered for
 /// 200 ms, and a reload happens only when the file's bytes changed.
 /// Events that only say a file was opened or read are ignored
-/// ([`may_change_files`]): the check itself reads the file.
+/// (`may_change_files`): the check itself reads the file.
 pub async fn watch_file(
     shared: std::sync::Arc<Shared>,
     path: std::path::PathBuf,

@@ -8,7 +8,7 @@
 //! their allocations and frees took its slow path: about 300 instructions
 //! per transaction (callgrind, select-only, 50 clients: 10,129 against
 //! 9,831 with a deeper cache). Blocks freed here are kept per thread, at
-//! most [`MAX_KEPT`] of them, for the next wait on that thread; the bound
+//! most `MAX_KEPT` of them, for the next wait on that thread; the bound
 //! keeps what this holds fixed however many clients there are.
 //!
 //! A future larger than a block (or with a stricter alignment) is boxed
