@@ -51,7 +51,7 @@ thread_local! {
 
 /// A future on the heap, in a reused block when it fits one.
 pub enum Recycled<F> {
-    /// In a block of [`BLOCK`] layout, given back on drop.
+    /// In a block of `BLOCK` layout, given back on drop.
     Kept(NonNull<F>),
     /// Too large for a block.
     Boxed(Pin<Box<F>>),

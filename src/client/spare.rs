@@ -4,7 +4,7 @@
 //! so a client gives its read buffer up after every transaction and needs
 //! one again for the next: with the allocator alone that is a 4 KiB
 //! allocation and free per transaction. Buffers given up are kept here
-//! instead, per worker thread and at most [`MAX_SPARE`] of them, for the
+//! instead, per worker thread and at most `MAX_SPARE` of them, for the
 //! next client on that thread. The bound keeps the memory this holds
 //! fixed however many clients there are.
 //!

@@ -26,7 +26,7 @@ const SESSION_FUNCTIONS: &[&str] = &[
 
 /// Whether a called name, as written (a quoted name keeps its quotes and
 /// its case; a plain one matches in any case), is one of
-/// [`SESSION_FUNCTIONS`]. The token-based scan and the one-pass
+/// `SESSION_FUNCTIONS`. The token-based scan and the one-pass
 /// classifier both ask here, so they cannot disagree.
 pub fn is_session_function(name: &[u8]) -> bool {
     match name.strip_prefix(b"\"").and_then(|n| n.strip_suffix(b"\"")) {

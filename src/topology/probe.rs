@@ -41,7 +41,7 @@ pub struct Probe {
 }
 
 impl Probe {
-    /// Reads the row [`PROBE_SQL`] returns.
+    /// Reads the row `PROBE_SQL` returns.
     pub fn from_row(row: &[Option<String>]) -> Option<Probe> {
         let text = |i: usize| row.get(i).and_then(|v| v.as_deref());
         Some(Probe {
