@@ -287,6 +287,10 @@ fn statement_effect(sql: &str, t: &[Token]) -> Option<Effect> {
         {
             Some(Effect::Pin("CREATE TEMP"))
         }
+        // `CREATE TABLE pg_temp.name` makes a temporary table too.
+        "create" if (0..t.len()).any(|i| in_pg_temp(sql, t, i)) => {
+            Some(Effect::Pin("CREATE in pg_temp"))
+        }
         _ => session_function_call(sql, t).or_else(|| into_temporary_table(sql, t)),
     }
 }
@@ -305,11 +309,17 @@ fn into_temporary_table(sql: &str, t: &[Token]) -> Option<Effect> {
             return true;
         }
         let schema = if at(i + 1, "table") { i + 2 } else { i + 1 };
-        word(sql, t.get(schema)).as_deref() == Some("pg_temp")
-            && t.get(schema + 1)
-                .is_some_and(|tok| tok.kind == Kind::Punct(b'.'))
+        in_pg_temp(sql, t, schema)
     });
     found.then_some(Effect::Pin("SELECT INTO a temporary table"))
+}
+
+/// Whether the tokens at `i` qualify a name with the schema of temporary
+/// objects: `pg_temp.` (quoted or not).
+fn in_pg_temp(sql: &str, t: &[Token], i: usize) -> bool {
+    word(sql, t.get(i)).as_deref() == Some("pg_temp")
+        && t.get(i + 1)
+            .is_some_and(|tok| tok.kind == Kind::Punct(b'.'))
 }
 
 /// A call of a function whose effect outlives the transaction.
@@ -325,6 +335,21 @@ mod tests {
 
     fn fx(sql: &str) -> Vec<Effect> {
         effects(sql, true)
+    }
+
+    #[test]
+    fn creating_in_pg_temp_pins() {
+        for sql in [
+            "CREATE TABLE pg_temp.x (a int)",
+            "create unlogged table \"pg_temp\".y ()",
+            "CREATE VIEW PG_TEMP.v AS SELECT 1",
+        ] {
+            assert_eq!(fx(sql), vec![Effect::Pin("CREATE in pg_temp")], "{sql}");
+            assert!(may_have_effects(sql.as_bytes()), "{sql}");
+        }
+        for sql in ["CREATE TABLE x (a int)", "CREATE TABLE pg_temp (a int)"] {
+            assert_eq!(fx(sql), vec![], "{sql}");
+        }
     }
 
     #[test]
