@@ -19,7 +19,6 @@
 
 use bytes::{Bytes, BytesMut};
 use std::time::Instant;
-use tokio::io::AsyncReadExt;
 
 use super::answers::ServerData;
 pub use super::close::CloseReason;
@@ -171,18 +170,14 @@ pub fn run<'a>(
     session.run()
 }
 
-/// Reads from the client. A plain TCP client is first awaited until
-/// readable and only then given buffer room, so an idle client holds no
-/// read buffer at all. The read itself goes through `read_buf`, not
-/// `try_read_buf`: tokio takes a short read as proof the socket is drained,
-/// which saves the extra read that would only return EAGAIN (one system
-/// call per request).
+/// Reads from the client. A plain TCP client is given buffer room only
+/// once it is readable, so an idle client holds no read buffer at all.
 async fn read_client(rd: &mut ReadHalf, buf: &mut BytesMut) -> std::io::Result<usize> {
-    if let ReadHalf::Plain(tcp) = rd {
-        // poll_read_ready keeps one waker per socket; `readable()` would
-        // join and leave a waiter list under a lock on every loop turn.
-        std::future::poll_fn(|cx| tcp.as_ref().poll_read_ready(cx)).await?;
-    }
+    std::future::poll_fn(|cx| rd.poll_read_bytes(cx, buf, client_read_room)).await
+}
+
+/// Room in a client's read buffer for the next read.
+fn client_read_room(buf: &mut BytesMut) {
     if buf.capacity() == 0 {
         // A spare keeps whatever room it has left while that is enough:
         // asking for the full reserve would reclaim or reallocate it on
@@ -191,7 +186,6 @@ async fn read_client(rd: &mut ReadHalf, buf: &mut BytesMut) -> std::io::Result<u
     } else if buf.capacity() - buf.len() < CLIENT_READ_LOW {
         buf.reserve(CLIENT_READ_RESERVE);
     }
-    rd.read_buf(buf).await
 }
 
 async fn read_server(
@@ -200,12 +194,16 @@ async fn read_server(
 ) -> std::io::Result<usize> {
     match (rd, buf) {
         (Some(rd), Some(buf)) => {
-            if buf.capacity() - buf.len() < READ_LOW {
-                buf.reserve(READ_RESERVE);
-            }
-            rd.read_buf(buf).await
+            std::future::poll_fn(|cx| rd.poll_read_bytes(cx, buf, server_read_room)).await
         }
         _ => std::future::pending().await,
+    }
+}
+
+/// Room in a server's read buffer for the next read.
+fn server_read_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_LOW {
+        buf.reserve(READ_RESERVE);
     }
 }
 
