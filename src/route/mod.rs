@@ -1,7 +1,8 @@
 //! Where statements go: a lexer ([`lexer`]), read/write classification
 //! ([`classify`], with a one-pass path for plain reads in [`quick`]), the routing rules ([`policy`]), the choice among
 //! replicas ([`choose`]), and the recognition of statements that change
-//! session state ([`session`]).
+//! session state ([`session`], whose pre-check finds words fast with
+//! [`word_starts`]).
 
 pub mod choose;
 pub mod classify;
@@ -9,3 +10,4 @@ pub mod lexer;
 pub mod policy;
 pub mod quick;
 pub mod session;
+pub mod word_starts;
