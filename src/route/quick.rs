@@ -1,6 +1,7 @@
 //! One pass over the bytes for the statements applications send most: a
 //! single SELECT / VALUES / TABLE / SHOW / WITH / EXPLAIN, or INSERT /
-//! UPDATE / DELETE / MERGE (a write, whatever follows), made of words,
+//! UPDATE / DELETE / MERGE (a write, whatever follows), or a bare BEGIN,
+//! COMMIT, END, ROLLBACK or ABORT (every transaction's), made of words,
 //! numbers, operators, `$n` parameters, plain string literals and quoted
 //! names, with at most a trailing semicolon.
 //!
@@ -45,6 +46,20 @@ pub fn single_statement(
     let mut pos = skip_class(src, 0, SPACE);
     let first_end = word_end(src, pos)?;
     let first = &src[pos..first_end];
+    if let Some(class) = transaction_word(first) {
+        // The word alone, perhaps with a semicolon: `BEGIN READ ONLY` and
+        // the like go the token way.
+        let mut rest = skip_class(src, first_end, SPACE);
+        if src.get(rest) == Some(&b';') {
+            rest = skip_class(src, rest + 1, SPACE);
+        }
+        return (rest == src.len()).then_some(Summary {
+            first: Some(class),
+            only_reads: false,
+            effect_free: true,
+            ..Summary::default()
+        });
+    }
     let opens = |openers: &[&[u8]]| openers.iter().any(|w| first.eq_ignore_ascii_case(w));
     let mut writes = opens(WRITE_OPENERS);
     if !writes && !opens(READ_OPENERS) {
@@ -137,6 +152,19 @@ pub fn single_statement(
         effect_free: !session_effect,
         ..Summary::default()
     })
+}
+
+/// The class of a transaction-control word that makes a whole statement
+/// on its own: BEGIN, and COMMIT, END, ROLLBACK, ABORT.
+fn transaction_word(word: &[u8]) -> Option<Class> {
+    let is = |w: &[u8]| word.eq_ignore_ascii_case(w);
+    if is(b"begin") {
+        Some(Class::Begin { read_only: false })
+    } else if is(b"commit") || is(b"end") || is(b"rollback") || is(b"abort") {
+        Some(Class::TransactionControl)
+    } else {
+        None
+    }
 }
 
 /// True for a word that makes a statement that started as a read write:
@@ -242,6 +270,12 @@ mod tests {
     /// The texts this module must read itself, and agree on.
     const PLAIN: &[&str] = &[
         "SELECT abalance FROM pgbench_accounts WHERE aid = 12345;",
+        "BEGIN;",
+        "begin",
+        "COMMIT",
+        " END ; ",
+        "rollback;",
+        "Abort",
         "select abalance from pgbench_accounts where aid = $1",
         "  SELECT 1  ;  ",
         "VALUES (1), (2)",
@@ -341,7 +375,12 @@ mod tests {
             ("SELECT é FROM t", true),
             ("SELECT 1; SELECT 2", true),
             ("SELECT 1; DELETE FROM t", true),
-            ("BEGIN", true),
+            ("BEGIN READ ONLY", true),
+            ("BEGIN; SELECT 1", true),
+            ("START TRANSACTION", true),
+            ("COMMIT AND CHAIN", true),
+            ("END;;", true),
+            ("SAVEPOINT a", true),
             ("UPDATE t SET x = 1; SELECT 1", true),
             ("UPDATE t SET x = 1 -- set", true),
             ("/* pgsplit:replica */ DELETE FROM t", true),
@@ -441,8 +480,11 @@ mod tests {
         };
         let mut count = 0;
         for _ in 0..20_000 {
-            let mut sql =
-                String::from(["SELECT ", "select", "WITH ", "x ", "UPDATE ", "insert"][next(6)]);
+            let mut sql = String::from(
+                [
+                    "SELECT ", "select", "WITH ", "x ", "UPDATE ", "insert", "BEGIN", "end",
+                ][next(8)],
+            );
             for _ in 0..next(12) {
                 sql.push_str(FRAGMENTS[next(FRAGMENTS.len())]);
                 if next(2) == 0 {
