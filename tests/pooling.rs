@@ -208,6 +208,41 @@ async fn servers_are_replaced_after_server_lifetime() {
     assert_ne!(first, second, "an old server is replaced");
 }
 
+/// pgsplit does not watch a server that is idle inside a transaction:
+/// its end is read with the next statement's answer, which is then the
+/// error PostgreSQL sent (or a lost connection), never a hang; the dead
+/// server is not pooled, and the only pool slot serves the next client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_killed_while_its_client_is_idle_in_a_transaction() {
+    let env = TestEnv::start(0, "pool_mode = \"transaction\"\npool_size = 1").await;
+    let victim = env.connect().await;
+    victim.batch_execute("BEGIN").await.unwrap();
+    let pid: i32 = victim
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    env.leader_sql(&format!("SELECT pg_terminate_backend({pid})"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let next = tokio::time::timeout(Duration::from_secs(10), victim.query_one("SELECT 1", &[]))
+        .await
+        .expect("the next statement is answered, not left waiting");
+    let error = next.expect_err("the statement fails: its server is gone");
+    let code = sqlstate(&error);
+    assert!(
+        code.is_none() || code.as_deref() == Some("57P01"),
+        "the server's own error or a lost connection, not {error}"
+    );
+    let fresh = env.connect().await;
+    let answer: i32 =
+        tokio::time::timeout(Duration::from_secs(10), fresh.query_one("SELECT 5", &[]))
+            .await
+            .expect("the pool's one slot was given back")
+            .unwrap()
+            .get(0);
+    assert_eq!(answer, 5);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_killed_mid_query_fails_only_that_client() {
     let env = TestEnv::start(0, "pool_size = 2").await;

@@ -233,7 +233,8 @@ impl Session<'_> {
         loop {
             let event = {
                 let can_read_client = self.to_server.len() < HIGH_WATER && !self.routing.blocked;
-                let can_read_server = self.to_client.len() < HIGH_WATER;
+                let can_read_server =
+                    self.to_client.len() < HIGH_WATER && !self.server_silent_in_transaction();
                 let can_write_client = !self.to_client.is_empty();
                 let can_write_server = !self.to_server.is_empty();
                 let (srd, swr, sbuf) = match self.server.as_deref_mut() {
@@ -574,6 +575,24 @@ impl Session<'_> {
             super::spare::give(std::mem::take(&mut self.scratch));
         }
         self.replay.shrink();
+    }
+
+    /// The held server is inside a transaction and owes nothing, in
+    /// transaction mode without pinning: PostgreSQL sends nothing unasked
+    /// there (notifications wait for the transaction's end), so the loop
+    /// does not poll it, which saves a waker registration per statement
+    /// of a transaction. A FATAL error or close that comes meanwhile is
+    /// read with the next request's answer, as a client connected
+    /// straight to PostgreSQL reads it.
+    fn server_silent_in_transaction(&mut self) -> bool {
+        let in_transaction = self
+            .server
+            .as_ref()
+            .is_some_and(|s| matches!(s.status, b'T' | b'E'));
+        in_transaction
+            && self.mode == PoolMode::Transaction
+            && !self.pinned
+            && self.server_quiescent()
     }
 
     /// Nothing is owed by the server or queued for it, and no transaction
