@@ -336,10 +336,16 @@ impl Tracker {
     /// A CopyDone/CopyFail with no command before it is stale (its copy
     /// already failed) and is forgotten here.
     pub fn is_idle(&mut self) -> bool {
+        // Asked on every turn of the request loop: an empty queue answers
+        // without an iterator over it.
+        if self.units.is_empty() {
+            return !self.unsynced && !self.copy_in;
+        }
         if self.units.iter().all(|u| matches!(u, Unit::CopyEnd)) {
             self.units.clear();
+            return !self.unsynced && !self.copy_in;
         }
-        self.units.is_empty() && !self.unsynced && !self.copy_in
+        false
     }
 }
 
