@@ -103,9 +103,7 @@ impl ReadHalf {
             Poll::Ready(Err(e)) => Some(Err(e)),
         }
     }
-}
 
-impl ReadHalf {
     /// Reads what has arrived into the spare room of `buf`, which `room`
     /// makes (called once there is something to read on plain TCP, so a
     /// client that sent nothing holds no buffer; before the read on TLS).
@@ -144,10 +142,7 @@ fn poll_recv(
     }
 }
 
-/// One `recv` into the spare room of `buf` under tokio's readiness; `None`
-/// when nothing had arrived (the readiness is cleared, so the next poll
-/// waits). A read that fills less than the room marks the socket drained,
-/// as tokio's `poll_read` does. 0 means the peer closed.
+/// One `recv` into the spare room of `buf` ([`transfer_once`]).
 fn try_recv(tcp: &TcpStream, buf: &mut BytesMut) -> Option<io::Result<usize>> {
     if buf.capacity() == buf.len() {
         buf.reserve(4096);
@@ -155,24 +150,14 @@ fn try_recv(tcp: &TcpStream, buf: &mut BytesMut) -> Option<io::Result<usize>> {
     let fd = tcp.as_raw_fd();
     let room = buf.spare_capacity_mut();
     let want = room.len();
-    let mut got = 0;
-    let result = tcp.try_io(Interest::READABLE, || {
-        got = crate::syscall::recv(fd, room)?;
-        if got > 0 && got < want {
-            return Err(io::ErrorKind::WouldBlock.into());
-        }
-        Ok(got)
+    let read = transfer_once(tcp, Interest::READABLE, want, || {
+        crate::syscall::recv(fd, room)
     });
-    if got > 0 {
+    if let Some(Ok(got)) = read {
         // SAFETY: the kernel initialised the `got` bytes after the length.
         unsafe { buf.set_len(buf.len() + got) };
-        return Some(Ok(got));
     }
-    match result {
-        Ok(closed) => Some(Ok(closed)),
-        Err(e) if would_block(&e) => None,
-        Err(e) => Some(Err(e)),
-    }
+    read
 }
 
 /// Reads through `AsyncRead` into the spare room of `buf`.
@@ -223,11 +208,9 @@ fn poll_write_tcp(tcp: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io:
     })
 }
 
-/// One non-blocking transfer of up to `want` bytes by `op` in the
-/// direction `interest`, under tokio's readiness: a short transfer is
-/// reported to tokio as `WouldBlock`, which clears the readiness, as
-/// tokio's own `poll_read` and `poll_write` do; nothing moved means
-/// waiting for readiness (the waker is registered).
+/// [`transfer_once`] until it moves bytes or fails, waiting for
+/// readiness (the waker is registered) while nothing can move; spends the
+/// task's budget, as tokio's own reads and writes do.
 fn poll_transfer(
     tcp: &TcpStream,
     cx: &mut Context<'_>,
@@ -237,34 +220,47 @@ fn poll_transfer(
 ) -> Poll<io::Result<usize>> {
     let budget = ready!(tokio::task::coop::poll_proceed(cx));
     loop {
-        let mut moved = 0;
-        let result = tcp.try_io(interest, || {
-            moved = op()?;
-            if moved > 0 && moved < want {
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            Ok(moved)
-        });
-        // Bytes moved first: a short transfer's error is only the signal
-        // that clears the readiness, and decoding it costs.
-        match result {
-            _ if moved > 0 => {
+        match transfer_once(tcp, interest, want, &mut op) {
+            Some(Ok(moved)) => {
                 budget.made_progress();
                 return Poll::Ready(Ok(moved));
             }
-            Ok(closed) => {
-                budget.made_progress();
-                return Poll::Ready(Ok(closed));
-            }
-            Err(e) if would_block(&e) => {
-                if interest.is_readable() {
-                    ready!(tcp.poll_read_ready(cx))?;
-                } else {
-                    ready!(tcp.poll_write_ready(cx))?;
-                }
-            }
-            Err(e) => return Poll::Ready(Err(e)),
+            Some(Err(e)) => return Poll::Ready(Err(e)),
+            None if interest.is_readable() => ready!(tcp.poll_read_ready(cx))?,
+            None => ready!(tcp.poll_write_ready(cx))?,
         }
+    }
+}
+
+/// One non-blocking transfer of up to `want` bytes by `op` in the
+/// direction `interest`, under tokio's readiness: the bytes moved (0: the
+/// peer closed), or `None` when nothing could move, which clears the
+/// readiness. A short transfer is reported to tokio as `WouldBlock`,
+/// which clears it too, as tokio's own `poll_read` and `poll_write` do
+/// (the next poll waits instead of making a call that would only say
+/// `EAGAIN`); that error is only the signal, so bytes moved are looked at
+/// first, and it is never decoded.
+fn transfer_once(
+    tcp: &TcpStream,
+    interest: Interest,
+    want: usize,
+    mut op: impl FnMut() -> io::Result<usize>,
+) -> Option<io::Result<usize>> {
+    let mut moved = 0;
+    let result = tcp.try_io(interest, || {
+        moved = op()?;
+        if moved > 0 && moved < want {
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
+        Ok(moved)
+    });
+    if moved > 0 {
+        return Some(Ok(moved));
+    }
+    match result {
+        Ok(closed) => Some(Ok(closed)),
+        Err(e) if would_block(&e) => None,
+        Err(e) => Some(Err(e)),
     }
 }
 
