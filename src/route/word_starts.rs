@@ -21,6 +21,10 @@ pub fn is_word_byte(b: u8) -> bool {
 /// byte is an ASCII letter that is, in lower case, one of `letters` (at
 /// most six), in order, until `check` says true; returns whether it did.
 pub fn any_word_start(sql: &[u8], letters: &[u8], check: impl FnMut(usize) -> bool) -> bool {
+    debug_assert!(
+        letters.len() <= 6 && letters.iter().all(u8::is_ascii_lowercase),
+        "up to six lower-case letters"
+    );
     #[cfg(target_arch = "x86_64")]
     {
         sse2::any_word_start(sql, letters, check)
