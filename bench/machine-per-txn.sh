@@ -80,8 +80,16 @@ run() { # NAME PORT PROXY_PID
 }
 
 echo "clients=$CLIENTS args=${PGBENCH_ARGS[*]} rounds=$ROUNDS seconds=$SECS"
-for _ in $(seq "$ROUNDS"); do
-    for i in "${!NAMES[@]}"; do
+# The order flips every round (first to last, then last to first), so
+# that no target always runs first after the previous round's last.
+ORDER=("${!NAMES[@]}")
+for round in $(seq "$ROUNDS"); do
+    if [ $((round % 2)) = 0 ]; then
+        order=$(printf '%s\n' "${ORDER[@]}" | tac)
+    else
+        order=${ORDER[*]}
+    fi
+    for i in $order; do
         run "${NAMES[$i]}" "${PORTS[$i]}" "${PROXY_PIDS[$i]}"
     done
 done
