@@ -11,26 +11,35 @@
 # since the profile was taken is optimised without it (the build stays
 # correct, only slower). Needs llvm-profdata from LLVM 19 or newer (the
 # Debian package llvm-19, installed when missing). Traffic stays on
-# loopback; about three minutes plus two release builds.
+# loopback; about three minutes after the instrumented build, and the
+# next release build starts from scratch.
 set -euo pipefail
 . "$(dirname "$0")/../bench/lib.sh"
 
-profdata=$(command -v llvm-profdata-19 llvm-profdata-20 llvm-profdata 2>/dev/null | head -1 || true)
+# An older llvm-profdata (Debian's default is 14) cannot read what rustc's
+# LLVM writes.
+profdata=
+for version in 22 21 20 19; do
+    profdata=$(command -v "llvm-profdata-$version" || true)
+    [ -n "$profdata" ] && break
+done
 if [ -z "$profdata" ]; then
     echo "installing llvm-19 (llvm-profdata) ..." >&2
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends llvm-19 >/dev/null
     profdata=$(command -v llvm-profdata-19)
 fi
 
-DATA=$(mktemp -d /tmp/pgsplit-pgo.XXXXXX)
 INSTRUMENTED="$ROOT/target/pgo-instrumented"
 echo "building an instrumented pgsplit ..." >&2
 # A fixed directory in RUSTFLAGS keeps the instrumented build incremental;
 # LLVM_PROFILE_FILE sends this run's counts elsewhere.
 (cd "$ROOT" && RUSTFLAGS="-Cprofile-generate=$INSTRUMENTED/profiles" CARGO_TARGET_DIR="$INSTRUMENTED" cargo build --release -q)
-export PGSPLIT_ENV="env LLVM_PROFILE_FILE=$DATA/%m_%p.profraw"
 
 NO_BUILD=1 start_leader 10
+# Inside the bench's work directory, which goes when the script exits.
+DATA="$WORK/profiles"
+mkdir "$DATA"
+export PGSPLIT_ENV="env LLVM_PROFILE_FILE=$DATA/%m_%p.profraw"
 PGSPLIT_BIN="$INSTRUMENTED/release/pgsplit" start_pgsplit md5
 MD5_PORT=$SPLIT_PORT MD5_PID=$SPLIT_PID
 PGSPLIT_BIN="$INSTRUMENTED/release/pgsplit" start_pgsplit scram-sha-256
@@ -59,7 +68,6 @@ for pid in "$MD5_PID" "$SCRAM_PID"; do
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
 done
 "$profdata" merge --sparse -o "$ROOT/pgo/pgsplit.profdata" "$DATA"/*.profraw
-rm -rf "$DATA"
 # Cargo does not see what the wrapper adds, so it would keep every crate
 # it compiled with the old profile: the next release build starts afresh.
 (cd "$ROOT" && cargo clean --release -q)
