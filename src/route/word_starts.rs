@@ -144,22 +144,25 @@ mod sse2 {
 mod tests {
     use super::*;
 
-    fn starts(sql: &[u8], letters: &[u8]) -> Vec<usize> {
+    /// A way to find word starts, as the tests call it.
+    type Find = fn(&[u8], &[u8], &mut dyn FnMut(usize) -> bool) -> bool;
+
+    /// Every position `find` offers.
+    fn positions(find: Find, sql: &[u8], letters: &[u8]) -> Vec<usize> {
         let mut seen = Vec::new();
-        any_word_start(sql, letters, |at| {
+        find(sql, letters, &mut |at| {
             seen.push(at);
             false
         });
         seen
     }
 
+    fn starts(sql: &[u8], letters: &[u8]) -> Vec<usize> {
+        positions(|s, l, check| any_word_start(s, l, check), sql, letters)
+    }
+
     fn starts_bytewise(sql: &[u8], letters: &[u8]) -> Vec<usize> {
-        let mut seen = Vec::new();
-        bytewise(sql, letters, |at| {
-            seen.push(at);
-            false
-        });
-        seen
+        positions(|s, l, check| bytewise(s, l, check), sql, letters)
     }
 
     #[test]
