@@ -222,12 +222,14 @@ pub(super) fn class_of(c: u8) -> u8 {
 /// The first position at or after `pos` whose byte is not of class
 /// `class` (a [`BYTE_CLASS`] bit); `src.len()` when there is none.
 pub(super) fn skip_class(src: &[u8], pos: usize, class: u8) -> usize {
-    let rest = src.get(pos..).unwrap_or_default();
-    pos.min(src.len())
-        + rest
-            .iter()
-            .position(|&c| class_of(c) & class == 0)
-            .unwrap_or(rest.len())
+    let mut at = pos;
+    while let Some(&c) = src.get(at) {
+        if class_of(c) & class == 0 {
+            return at;
+        }
+        at += 1;
+    }
+    at.min(src.len())
 }
 
 impl Iterator for Lexer<'_> {

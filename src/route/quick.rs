@@ -22,22 +22,42 @@
 //! session-state scan ([`Summary::effect_free`]), writes included.
 
 use super::classify::{Class, Classifier, Summary};
+use super::keyword::{key_at, key_of, keyword, Key};
 use super::lexer::{class_of, skip_class, IDENT_CHAR, IDENT_START, NUMBER_CHAR, OPERATOR, SPACE};
 use super::session::is_session_function;
 
-/// The words that open a statement that may only read.
-const READ_OPENERS: &[&[u8]] = &[b"select", b"values", b"table", b"show", b"with", b"explain"];
-/// The words that open a statement that writes whatever follows. Read
-/// here too (TPC-B-like work is mostly these): the rest only has to be
-/// shown to be one statement without comments.
-const WRITE_OPENERS: &[&[u8]] = &[b"insert", b"update", b"delete", b"merge"];
+const SELECT: Key = keyword(b"select");
+const VALUES: Key = keyword(b"values");
+const TABLE: Key = keyword(b"table");
+const SHOW: Key = keyword(b"show");
+const WITH: Key = keyword(b"with");
+const EXPLAIN: Key = keyword(b"explain");
+const INSERT: Key = keyword(b"insert");
+const UPDATE: Key = keyword(b"update");
+const DELETE: Key = keyword(b"delete");
+const MERGE: Key = keyword(b"merge");
+const BEGIN: Key = keyword(b"begin");
+const COMMIT: Key = keyword(b"commit");
+const END: Key = keyword(b"end");
+const ROLLBACK: Key = keyword(b"rollback");
+const ABORT: Key = keyword(b"abort");
+const INTO: Key = keyword(b"into");
+const FOR: Key = keyword(b"for");
+const SHARE: Key = keyword(b"share");
+const KEY: Key = keyword(b"key");
+const NO: Key = keyword(b"no");
+const TEMP: Key = keyword(b"temp");
+/// The first eight bytes of TEMPORARY.
+const TEMPORAR: Key = keyword(b"temporar");
+const PG_TEMP: Key = keyword(b"pg_temp");
 
 /// The summary of `src` when it is one statement of the plain shape this
 /// module reads; `None` sends it to the token-based classifier. Works on
 /// the bytes: text outside literals must be ASCII here, and what a literal
 /// holds does not matter, so the text is never checked for UTF-8 as a
 /// whole (the server rejects text that is not, wherever it goes; the
-/// check cost about 100 instructions per pgbench statement).
+/// check cost about 100 instructions per pgbench statement). Words are
+/// compared as [`Key`]s.
 pub fn single_statement(
     classifier: &Classifier,
     src: &[u8],
@@ -45,8 +65,8 @@ pub fn single_statement(
 ) -> Option<Summary> {
     let mut pos = skip_class(src, 0, SPACE);
     let first_end = word_end(src, pos)?;
-    let first = &src[pos..first_end];
-    if let Some(class) = transaction_word(first) {
+    let first = key_at(src, pos, first_end);
+    if let Some(class) = transaction_word(first, first_end - pos) {
         // The word alone, perhaps with a semicolon: `BEGIN READ ONLY` and
         // the like go the token way.
         let mut rest = skip_class(src, first_end, SPACE);
@@ -60,11 +80,14 @@ pub fn single_statement(
             ..Summary::default()
         });
     }
-    let opens = |openers: &[&[u8]]| openers.iter().any(|w| first.eq_ignore_ascii_case(w));
-    let mut writes = opens(WRITE_OPENERS);
-    if !writes && !opens(READ_OPENERS) {
-        return None;
-    }
+    // Read openers, then the openers of a statement that writes whatever
+    // follows (TPC-B-like work is mostly these): the rest only has to be
+    // shown to be one statement without comments.
+    let mut writes = match first {
+        SELECT | VALUES | TABLE | SHOW | WITH | EXPLAIN => false,
+        INSERT | UPDATE | DELETE | MERGE => true,
+        _ => return None,
+    };
     // The previous token as the next one may need it: a name that a `(`
     // makes a function call, and whether it was the word FOR.
     let mut name = Some((pos, first_end));
@@ -85,19 +108,18 @@ pub fn single_statement(
             return None;
         } else if class_of(c) & IDENT_START != 0 {
             let end = word_end(src, pos)?;
-            let word = &src[pos..end];
-            writes = writes || writes_word(word, after_for);
-            let is = |w: &[u8]| word.eq_ignore_ascii_case(w);
-            if is(b"into") {
+            let word = key_at(src, pos, end);
+            writes = writes || writes_key(word, after_for);
+            if word == INTO {
                 next_into = 1;
-            } else if into == 1 && (is(b"temp") || is(b"temporary")) {
+            } else if into == 1 && (word == TEMP || is_temporary(src, pos, end, word)) {
                 session_effect = true;
-            } else if into == 1 && is(b"table") {
+            } else if into == 1 && word == TABLE {
                 next_into = 2;
-            } else if (into == 1 || into == 2) && is(b"pg_temp") {
+            } else if (into == 1 || into == 2) && word == PG_TEMP {
                 next_into = 3;
             }
-            (end, Some((pos, end)), is(b"for"))
+            (end, Some((pos, end)), word == FOR)
         } else if c.is_ascii_digit() || (c == b'.' && next.is_ascii_digit()) {
             (skip_class(src, pos, NUMBER_CHAR), None, false)
         } else if c == b'\'' && standard_conforming_strings {
@@ -155,16 +177,20 @@ pub fn single_statement(
 }
 
 /// The class of a transaction-control word that makes a whole statement
-/// on its own: BEGIN, and COMMIT, END, ROLLBACK, ABORT.
-fn transaction_word(word: &[u8]) -> Option<Class> {
-    let is = |w: &[u8]| word.eq_ignore_ascii_case(w);
-    if is(b"begin") {
-        Some(Class::Begin { read_only: false })
-    } else if is(b"commit") || is(b"end") || is(b"rollback") || is(b"abort") {
-        Some(Class::TransactionControl)
-    } else {
-        None
+/// on its own: BEGIN, and COMMIT, END, ROLLBACK, ABORT. `len` is the
+/// word's length (ROLLBACK has eight bytes, all its key holds).
+fn transaction_word(word: Key, len: usize) -> Option<Class> {
+    match word {
+        BEGIN => Some(Class::Begin { read_only: false }),
+        COMMIT | END | ABORT => Some(Class::TransactionControl),
+        ROLLBACK if len == 8 => Some(Class::TransactionControl),
+        _ => None,
     }
+}
+
+/// Whether the word `src[start..end]`, whose key is `word`, is TEMPORARY.
+fn is_temporary(src: &[u8], start: usize, end: usize, word: Key) -> bool {
+    word == TEMPORAR && end - start == 9 && src.get(start + 8).map(|b| b | 0x20) == Some(b'y')
 }
 
 /// True for a word that makes a statement that started as a read write:
@@ -172,13 +198,14 @@ fn transaction_word(word: &[u8]) -> Option<Class> {
 /// after FOR (`FOR SHARE`, `FOR KEY SHARE`, `FOR NO KEY UPDATE`; `FOR
 /// UPDATE` is caught by UPDATE).
 pub fn writes_word(word: &[u8], after_for: bool) -> bool {
-    let is = |w: &[u8]| word.eq_ignore_ascii_case(w);
-    match word.len() {
-        2 => after_for && is(b"no"),
-        3 => after_for && is(b"key"),
-        4 => is(b"into"),
-        5 => is(b"merge") || (after_for && is(b"share")),
-        6 => is(b"insert") || is(b"update") || is(b"delete"),
+    writes_key(key_of(word), after_for)
+}
+
+/// [`writes_word`] for a word's key.
+fn writes_key(word: Key, after_for: bool) -> bool {
+    match word {
+        INSERT | UPDATE | DELETE | MERGE | INTO => true,
+        SHARE | KEY | NO => after_for,
         _ => false,
     }
 }
