@@ -15,11 +15,13 @@
 /// A packed, lowercased word (see the module docs).
 pub type Key = u64;
 
-/// The key of a keyword, for constants.
+/// The key of a keyword of at most eight bytes, for constants (a longer
+/// one fails to compile: name its first eight bytes instead).
 pub const fn keyword(word: &[u8]) -> Key {
+    assert!(word.len() <= 8, "a keyword key holds eight bytes");
     let mut key = 0;
     let mut i = 0;
-    while i < word.len() && i < 8 {
+    while i < word.len() {
         key |= ((word[i] | 0x20) as u64) << (8 * i);
         i += 1;
     }
