@@ -37,11 +37,17 @@ fn load(path: Option<PathBuf>) -> Result<Config, String> {
 }
 
 /// Logs to stdout as text or JSON lines; `RUST_LOG` wins over `level`.
+/// Text is coloured only on a terminal (and not under `NO_COLOR`): a log
+/// collected from a pipe, as Kubernetes collects it, stays plain text.
 fn init_logging(format: LogFormat, level: &str) {
+    use std::io::IsTerminal;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .or_else(|_| tracing_subscriber::EnvFilter::try_new(level))
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    let colour = std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(colour);
     match format {
         LogFormat::Text => builder.with_target(false).init(),
         LogFormat::Json => builder.json().with_current_span(false).init(),
@@ -151,7 +157,7 @@ async fn serve(config: Config) -> Result<(), String> {
             _ = term.recv() => break,
             _ = hangup.recv() => {
                 tracing::info!("SIGHUP: reloading the config");
-                if let Err(e) = proxy.reload() {
+                if let Err(e) = proxy.reload().await {
                     tracing::error!(error = %e, "reload failed");
                 }
             }

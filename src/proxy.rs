@@ -305,8 +305,8 @@ impl Proxy {
     }
 
     /// Reads the config file again and applies it (SIGHUP).
-    pub fn reload(&self) -> Result<(), crate::admin::reload::ReloadError> {
-        crate::admin::reload::reload(&self.shared)
+    pub async fn reload(&self) -> Result<(), crate::admin::reload::ReloadError> {
+        crate::admin::reload::reload(&self.shared).await
     }
 
     /// The admin HTTP server's address.

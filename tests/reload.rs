@@ -63,7 +63,7 @@ async fn reload_applies_users_pools_routing_and_discovery_without_dropping_clien
         ),
     )
     .unwrap();
-    env.proxy.as_ref().unwrap().reload().expect("reload");
+    env.proxy.as_ref().unwrap().reload().await.expect("reload");
 
     // The client connected before the reload goes on; reads now go to the leader.
     let port: i32 = c
@@ -124,7 +124,7 @@ async fn an_invalid_config_is_refused_and_the_running_one_stays() {
     .await;
     let c = env.connect().await;
     std::fs::write(&path, "[proxy]\npool_size = \"many\"\n").unwrap();
-    let e = env.proxy.as_ref().unwrap().reload().unwrap_err();
+    let e = env.proxy.as_ref().unwrap().reload().await.unwrap_err();
     assert!(e.to_string().contains("pool_size"), "{e}");
     // The console's RELOAD says the same.
     let out = env.client_command(
@@ -230,6 +230,48 @@ async fn an_unchanged_config_file_is_not_read_again_and_again() {
         .collect();
     assert!(reads.is_empty(), "the idle config file was read: {reads:?}");
     env.connect().await;
+}
+
+/// Reading the config file happens off the event loop: while a reload
+/// waits on a file that cannot be read yet (here a FIFO nobody writes to,
+/// as a stalled network volume would), the admin server, and so every
+/// client on the same loop, is still served.
+#[test]
+fn a_config_read_that_waits_does_not_stall_the_event_loop() {
+    let mut pgsplit = support::Binary::start_standalone("stalled-read", "");
+    let line = pgsplit
+        .line_with("accepting clients")
+        .expect("pgsplit started");
+    assert!(
+        !line.contains('\u{1b}'),
+        "a log to a pipe is plain: {line:?}"
+    );
+    let admin: std::net::SocketAddr = line
+        .split("admin=")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|addr| addr.parse().ok())
+        .unwrap_or_else(|| panic!("no admin address in {line:?}"));
+    let file = pgsplit.config_file();
+    std::fs::remove_file(&file).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&file)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    pgsplit.signal("-HUP");
+    assert!(pgsplit.wait_for("SIGHUP: reloading"));
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let (status, _) = runtime
+        .block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), http_get(admin, "/healthz")).await
+        })
+        .expect("the event loop answered while the reload waited for the file");
+    assert_eq!(status, 200);
+    // The process is killed with its reload still waiting.
 }
 
 /// The binary reloads on SIGHUP.

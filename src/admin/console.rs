@@ -170,6 +170,7 @@ async fn execute(text: &str, shared: &Shared) -> Result<BytesMut, ProxyError> {
         }
         ["reload"] => {
             crate::admin::reload::reload(shared)
+                .await
                 .map_err(|e| ProxyError::error("F0000", format!("config not reloaded: {e}")))?;
             command_complete(&mut out, "RELOAD");
         }

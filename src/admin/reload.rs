@@ -27,13 +27,15 @@ pub enum ReloadError {
     Invalid(#[from] crate::config::ConfigError),
 }
 
-/// Reads the config file again and applies it.
-pub fn reload(shared: &Shared) -> Result<(), ReloadError> {
+/// Reads the config file again and applies it. The file (and any
+/// `password_file`) is read on the blocking pool, not on the event loop
+/// that serves clients: a config on a slow volume must not stall them.
+pub async fn reload(shared: &Shared) -> Result<(), ReloadError> {
     let old = Arc::clone(&shared.config());
     let Some(path) = old.source.clone() else {
         return Err(ReloadError::NoFile);
     };
-    let mut new = match Config::load(&path) {
+    let mut new = match read_off_loop(move || Config::load(&path)).await {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "config reload refused; the running config stays");
@@ -85,7 +87,11 @@ pub async fn watch_file(
         tracing::warn!(error = %e, dir = %dir.display(), "cannot watch the config directory; SIGHUP and RELOAD still work");
         return;
     }
-    let mut last = std::fs::read(&path).ok();
+    let read = || {
+        let path = path.clone();
+        read_off_loop(move || std::fs::read(path).ok())
+    };
+    let mut last = read().await;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -93,12 +99,21 @@ pub async fn watch_file(
         }
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
         while rx.try_recv().is_ok() {}
-        let now = std::fs::read(&path).ok();
+        let now = read().await;
         if now.is_some() && now != last {
             last = now;
             tracing::info!(file = %path.display(), "config file changed; reloading");
-            let _ = reload(&shared);
+            let _ = reload(&shared).await;
         }
+    }
+}
+
+/// Runs the file reading `read` on tokio's blocking pool.
+async fn read_off_loop<T: Send + 'static>(read: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(read).await {
+        Ok(value) => value,
+        // Only a panic in `read` ends the task early: pass it on.
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 

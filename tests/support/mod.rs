@@ -229,6 +229,7 @@ impl Binary {
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("pgsplit.toml");
         std::fs::write(&file, config).unwrap();
+        // (`config_file` names the same path.)
         let mut child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
             .arg("--config")
             .arg(&file)
@@ -239,6 +240,20 @@ impl Binary {
             .unwrap();
         let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         Binary { child, lines, dir }
+    }
+
+    /// The config file it was started with.
+    pub fn config_file(&self) -> std::path::PathBuf {
+        self.dir.join("pgsplit.toml")
+    }
+
+    /// Reads the log until a line contains `needle`; that line, or `None`
+    /// at the log's end.
+    pub fn line_with(&mut self, needle: &str) -> Option<String> {
+        self.lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find(|l| l.contains(needle))
     }
 
     /// Reads the log until a line contains `needle`; false at its end.
