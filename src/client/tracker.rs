@@ -94,6 +94,9 @@ pub enum Verdict {
 #[derive(Debug, Default)]
 pub struct Tracker {
     units: VecDeque<Unit>,
+    /// How many of `units` are [`Unit::CopyEnd`]: nearly always none, and
+    /// then the unit a server message belongs to is simply the first.
+    copy_ends: usize,
     /// The server is in COPY FROM STDIN and will ignore Sync.
     copy_in: bool,
     /// Extended-protocol messages were sent since the last Sync.
@@ -120,6 +123,7 @@ impl Tracker {
                     self.copy_in = false;
                 } else {
                     self.units.push_back(Unit::CopyEnd);
+                    self.copy_ends += 1;
                 }
             }
             b'H' | b'd' => {}
@@ -198,14 +202,32 @@ impl Tracker {
     /// (`matches!`, not `==`: the derived comparison was not inlined and
     /// cost some 150 instructions per extended-protocol transaction.)
     fn front(&mut self) -> Option<&mut Unit> {
+        if self.copy_ends == 0 {
+            return self.units.front_mut();
+        }
         self.units.iter_mut().find(|u| !matches!(u, Unit::CopyEnd))
     }
 
     fn complete_front(&mut self) -> Option<Unit> {
-        while matches!(self.units.front(), Some(Unit::CopyEnd)) {
-            self.units.pop_front();
+        while self.copy_ends > 0 && matches!(self.units.front(), Some(Unit::CopyEnd)) {
+            self.pop_front();
         }
-        self.units.pop_front()
+        self.pop_front()
+    }
+
+    /// Takes the first unit off, keeping count of CopyEnds.
+    fn pop_front(&mut self) -> Option<Unit> {
+        let unit = self.units.pop_front();
+        if matches!(unit, Some(Unit::CopyEnd)) {
+            self.copy_ends -= 1;
+        }
+        unit
+    }
+
+    /// Forgets every unit.
+    fn clear(&mut self) {
+        self.units.clear();
+        self.copy_ends = 0;
     }
 
     /// One server message of type `tag` arrived; says whether the client
@@ -278,7 +300,7 @@ impl Tracker {
             if let Some(Unit::Parse {
                 statement: Some(id),
                 ..
-            }) = self.units.pop_front()
+            }) = self.pop_front()
             {
                 self.failed_statements.push(id.id);
             }
@@ -311,6 +333,7 @@ impl Tracker {
             sync_after_end |= end.is_some_and(|end| i > end) && u == Unit::Sync;
             kept.push_back(u);
         }
+        self.copy_ends = kept.iter().filter(|u| **u == Unit::CopyEnd).count();
         self.units = kept;
         self.copy_in = end.is_none();
         if !is_query && !sync_after_end {
@@ -327,7 +350,7 @@ impl Tracker {
             && self.units.len() == 1
             && matches!(self.units.front(), Some(Unit::Sync));
         if lone {
-            self.units.clear();
+            self.clear();
         }
         lone
     }
@@ -336,16 +359,15 @@ impl Tracker {
     /// A CopyDone/CopyFail with no command before it is stale (its copy
     /// already failed) and is forgotten here.
     pub fn is_idle(&mut self) -> bool {
-        // Asked on every turn of the request loop: an empty queue answers
-        // without an iterator over it.
-        if self.units.is_empty() {
-            return !self.unsynced && !self.copy_in;
+        // Asked on every turn of the request loop: a count, not a look
+        // at every unit.
+        if self.copy_ends != self.units.len() {
+            return false;
         }
-        if self.units.iter().all(|u| matches!(u, Unit::CopyEnd)) {
-            self.units.clear();
-            return !self.unsynced && !self.copy_in;
+        if self.copy_ends > 0 {
+            self.clear();
         }
-        false
+        !self.unsynced && !self.copy_in
     }
 }
 

@@ -3,7 +3,15 @@ use super::*;
 fn send(t: &mut Tracker, tags: &[u8]) {
     for &tag in tags {
         t.client_message(tag, b"S");
+        assert_copy_ends_counted(t);
     }
+}
+
+/// The count of CopyEnd units that lets the tracker skip looking for them
+/// agrees with the units.
+fn assert_copy_ends_counted(t: &Tracker) {
+    let counted = t.units.iter().filter(|u| **u == Unit::CopyEnd).count();
+    assert_eq!(t.copy_ends, counted, "{:?}", t.units);
 }
 
 /// Feeds server messages; returns the ones the client sees, with made-up
@@ -25,6 +33,7 @@ fn recv(t: &mut Tracker, tags: &[u8]) -> String {
         if t.server_message(tag) == Verdict::Forward {
             seen.push(tag as char);
         }
+        assert_copy_ends_counted(t);
         emit_due(t, &mut seen);
     }
     seen
@@ -182,6 +191,19 @@ fn copy_in_error_leaves_copy_mode() {
     send(&mut t, b"Q");
     recv(&mut t, b"CZ");
     assert!(t.is_idle());
+}
+
+#[test]
+fn a_stale_copy_done_before_a_pipeline_is_passed_over() {
+    let mut t = Tracker::default();
+    send(&mut t, b"Q");
+    recv(&mut t, b"GEZ");
+    // CopyDone after the copy failed: no command owns it.
+    send(&mut t, b"cPBDES");
+    assert!(!t.is_idle());
+    assert_eq!(recv(&mut t, b"12TDCZ"), "12TDCZ");
+    assert!(t.is_idle());
+    assert_copy_ends_counted(&t);
 }
 
 #[test]
