@@ -71,13 +71,10 @@ impl IdleTimer {
     pub fn rearm(&mut self, after: Duration) {
         self.sleep.as_mut().reset(Instant::now() + after);
     }
-}
 
-/// Resolves when the timer fires; never when there is none.
-pub async fn idle_check(timer: &mut Option<IdleTimer>) {
-    match timer {
-        Some(t) => t.sleep.as_mut().await,
-        None => std::future::pending().await,
+    /// Ready once the timer fires.
+    pub fn poll_elapsed(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        std::future::Future::poll(self.sleep.as_mut(), cx)
     }
 }
 

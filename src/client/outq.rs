@@ -79,7 +79,7 @@ impl OutQueue {
     /// here, and both are on every transaction's path. Larger output stays
     /// one vectored write. The I/O slices are built inside each poll, so the
     /// futures that call this stay a few words large.
-    fn poll_write_some<W: AsyncWrite + Unpin>(
+    pub fn poll_write_some<W: AsyncWrite + Unpin>(
         &mut self,
         cx: &mut Context<'_>,
         w: &mut W,

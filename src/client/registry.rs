@@ -69,17 +69,25 @@ impl ClientEntry {
         draining: &'a std::sync::atomic::AtomicBool,
         registered: &'a mut bool,
     ) -> impl std::future::Future<Output = ()> + 'a {
-        std::future::poll_fn(move |cx| {
-            if !*registered {
-                self.drain.register(cx.waker());
-                *registered = true;
-            }
-            if draining.load(Ordering::Acquire) {
-                std::task::Poll::Ready(())
-            } else {
-                std::task::Poll::Pending
-            }
-        })
+        std::future::poll_fn(move |cx| self.poll_drained(cx, draining, registered))
+    }
+
+    /// [`ClientEntry::drained`] as a poll function.
+    pub fn poll_drained(
+        &self,
+        cx: &mut std::task::Context<'_>,
+        draining: &std::sync::atomic::AtomicBool,
+        registered: &mut bool,
+    ) -> std::task::Poll<()> {
+        if !*registered {
+            self.drain.register(cx.waker());
+            *registered = true;
+        }
+        if draining.load(Ordering::Acquire) {
+            std::task::Poll::Ready(())
+        } else {
+            std::task::Poll::Pending
+        }
     }
 
     pub fn set_state(&self, state: ClientState) {
