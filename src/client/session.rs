@@ -1,7 +1,8 @@
 //! The request loop of one logged-in client.
 //!
-//! One task per client drives four things with `select!`: reading the
-//! client, reading its server (while it holds one), and writing each way.
+//! One task per client drives four things from one poll function
+//! (`Session::poll_event`): reading the client, reading its server (while
+//! it holds one), and writing each way.
 //! Client messages are cut off the read buffer as whole messages and queued
 //! for the server without copying; server messages pass through as they
 //! arrive (a large DataRow streams through without being buffered whole),
