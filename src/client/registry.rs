@@ -55,7 +55,8 @@ impl ClientEntry {
         }
     }
 
-    /// Ready once `draining` is set; the registry's
+    /// Ready once `draining` is set (the request loop polls it among its
+    /// other events); the registry's
     /// [`wake_all`](ClientRegistry::wake_all) wakes it. (A flag, not a
     /// CancellationToken: its `is_cancelled` takes a lock shared by every
     /// session.)
@@ -64,15 +65,6 @@ impl ClientEntry {
     /// it): the session's task keeps one waker, and re-registering on every
     /// poll cost two atomic compare-and-swaps each time the request loop
     /// turned, four turns per transaction.
-    pub fn drained<'a>(
-        &'a self,
-        draining: &'a std::sync::atomic::AtomicBool,
-        registered: &'a mut bool,
-    ) -> impl std::future::Future<Output = ()> + 'a {
-        std::future::poll_fn(move |cx| self.poll_drained(cx, draining, registered))
-    }
-
-    /// [`ClientEntry::drained`] as a poll function.
     pub fn poll_drained(
         &self,
         cx: &mut std::task::Context<'_>,
@@ -179,12 +171,14 @@ mod tests {
                 let mut registered = false;
                 // The request loop makes a new future on every turn.
                 for _ in 0..3 {
-                    let turn = entry.drained(&draining, &mut registered);
+                    let turn = std::future::poll_fn(|cx| {
+                        entry.poll_drained(cx, &draining, &mut registered)
+                    });
                     let waited = tokio::time::timeout(Duration::from_millis(10), turn).await;
                     assert!(waited.is_err(), "not draining yet");
                 }
                 assert!(registered);
-                entry.drained(&draining, &mut registered).await;
+                std::future::poll_fn(|cx| entry.poll_drained(cx, &draining, &mut registered)).await;
             }
         });
         tokio::time::sleep(Duration::from_millis(100)).await;
