@@ -201,6 +201,9 @@ async fn start_cluster(replicas: usize) -> LocalCluster {
         .expect("start the local cluster")
 }
 
+/// The name of a [`Binary`]'s config file in its directory.
+const BINARY_CONFIG: &str = "pgsplit.toml";
+
 /// The `pgsplit` binary run with a config file holding `config`, its
 /// stdout (the log) readable line by line; the directory goes with it.
 pub struct Binary {
@@ -227,9 +230,8 @@ impl Binary {
         use std::io::BufRead;
         let dir = std::env::temp_dir().join(format!("pgsplit-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let file = dir.join("pgsplit.toml");
+        let file = dir.join(BINARY_CONFIG);
         std::fs::write(&file, config).unwrap();
-        // (`config_file` names the same path.)
         let mut child = Command::new(env!("CARGO_BIN_EXE_pgsplit"))
             .arg("--config")
             .arg(&file)
@@ -244,7 +246,7 @@ impl Binary {
 
     /// The config file it was started with.
     pub fn config_file(&self) -> std::path::PathBuf {
-        self.dir.join("pgsplit.toml")
+        self.dir.join(BINARY_CONFIG)
     }
 
     /// Reads the log until a line contains `needle`; that line, or `None`
@@ -258,9 +260,7 @@ impl Binary {
 
     /// Reads the log until a line contains `needle`; false at its end.
     pub fn wait_for(&mut self, needle: &str) -> bool {
-        self.lines
-            .by_ref()
-            .any(|line| line.is_ok_and(|l| l.contains(needle)))
+        self.line_with(needle).is_some()
     }
 
     /// Waits up to `limit` for the process to exit.
