@@ -4,8 +4,9 @@
 # of time both cores sat idle, CPU per transaction of the proxy, of the
 # PostgreSQL processes and of pgbench, how long the proxy sat runnable
 # waiting for a CPU (its run delay, from schedstat), context switches per
-# transaction, TCP segments per transaction and how many backends did the
-# work. On a machine that pgbench, the proxy and PostgreSQL share, TPS
+# transaction, TCP segments per transaction, how many backends did the
+# work, and how often the proxy's and PostgreSQL's threads moved from one
+# CPU to another. On a machine that pgbench, the proxy and PostgreSQL share, TPS
 # follows all of these together, not the proxy's CPU alone (BENCHMARKS,
 # session 13: 1 µs more of it per transaction cost no measurable TPS).
 #
@@ -49,18 +50,21 @@ backends() { for p in $(pgrep -u postgres postgres); do echo "$p $(awk '{print $
 # "voluntary involuntary" context switches of the given processes' threads.
 switches() { for p in "$@"; do cat "/proc/$p"/task/*/status 2>/dev/null; done | awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {n += $2} END {print v + 0, n + 0}'; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# Moves from one CPU to the other of the given processes' threads
+# (/proc/PID/sched; 0 where the kernel does not show it).
+migrations() { for p in "$@"; do cat "/proc/$p"/task/*/sched 2>/dev/null; done | awk '$1 == "se.nr_migrations" {s += $3} END {print s + 0}'; }
 # Nanoseconds the process's threads spent runnable but waiting for a CPU.
 run_delay() { cat "/proc/$1"/task/*/schedstat 2>/dev/null | awk '{s += $2} END {printf "%.0f\n", s}'; }
 
 run() { # NAME PORT PROXY_PID
     local pgb=(${OWN_GROUPS:+setsid} pgbench -n -c "$CLIENTS" -j 2 "${PGBENCH_ARGS[@]}" -h 127.0.0.1 -p "$2" -U app app)
     PGPASSWORD=app-secret "${pgb[@]}" -T 1 >/dev/null 2>&1
-    local pg_pids m0 b0 p0 s0 x0 r0 out m1 b1 p1 s1 x1 r1 tcp
+    local pg_pids m0 b0 p0 s0 x0 r0 g0 h0 out m1 b1 p1 s1 x1 r1 g1 h1 tcp
     pg_pids=$(pgrep -u postgres postgres | tr '\n' ' ')
     nstat -n >/dev/null
-    m0=$(machine) b0=$(backends) p0=$(ticks "$3") s0=$(switches $pg_pids) x0=$(switches "$3") r0=$(run_delay "$3")
+    m0=$(machine) b0=$(backends) p0=$(ticks "$3") s0=$(switches $pg_pids) x0=$(switches "$3") r0=$(run_delay "$3") g0=$(migrations "$3") h0=$(migrations $pg_pids)
     out=$({ /usr/bin/time -f "TIME %U %S %w %c" env PGPASSWORD=app-secret "${pgb[@]}" -T "$SECS"; } 2>&1)
-    m1=$(machine) b1=$(backends) p1=$(ticks "$3") s1=$(switches $pg_pids) x1=$(switches "$3") r1=$(run_delay "$3")
+    m1=$(machine) b1=$(backends) p1=$(ticks "$3") s1=$(switches $pg_pids) x1=$(switches "$3") r1=$(run_delay "$3") g1=$(migrations "$3") h1=$(migrations $pg_pids)
     tcp=$(nstat 2>/dev/null | awk '$1 == "TcpOutSegs" {print $2}')
     local txns tps pgbench_cpu pgbench_switches worked pg_ticks
     txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
@@ -70,12 +74,14 @@ run() { # NAME PORT PROXY_PID
     read -r worked pg_ticks < <(join <(echo "$b0") <(echo "$b1") | awk '{d = $3 - $2; s += d; if (d > 5) n++} END {print n + 0, s + 0}')
     awk -v name="$1" -v tps="$tps" -v n="$txns" -v m0="$m0" -v m1="$m1" -v hz="$HZ" \
         -v proxy=$(($p1 - $p0)) -v pg="$pg_ticks" -v pgb="$pgbench_cpu" -v s0="$s0" -v s1="$s1" -v x0="$x0" -v x1="$x1" \
-        -v w="$pgbench_switches" -v tcp="${tcp:-0}" -v worked="$worked" -v delay=$((r1 - r0)) 'BEGIN {
+        -v w="$pgbench_switches" -v tcp="${tcp:-0}" -v worked="$worked" -v delay=$((r1 - r0)) \
+        -v moved=$((g1 - g0)) -v pg_moved=$((h1 - h0)) 'BEGIN {
         split(m0, a, " "); split(m1, b, " "); split(s0, c, " "); split(s1, d, " "); split(x0, e, " "); split(x1, f, " "); split(w, g, " ")
         busy = b[1] - a[1]; idle = b[2] - a[2]
-        printf "%-10s tps %7.0f  idle %4.1f%%  us/txn: proxy %5.1f  postgres %5.1f  pgbench %5.1f  proxy waiting for a CPU %5.1f  | sleeps/preempted per txn: postgres %.2f/%.2f proxy %.2f/%.2f pgbench %.2f/%.2f  tcp segments %.2f /txn  backends working %d\n",
+        printf "%-10s tps %7.0f  idle %4.1f%%  us/txn: proxy %5.1f  postgres %5.1f  pgbench %5.1f  proxy waiting for a CPU %5.1f  | sleeps/preempted per txn: postgres %.2f/%.2f proxy %.2f/%.2f pgbench %.2f/%.2f  tcp segments %.2f /txn  backends working %d  | migrations per txn: proxy %.3f postgres %.3f\n",
             name, tps, 100 * idle / (busy + idle), proxy / hz * 1e6 / n, pg / hz * 1e6 / n, pgb * 1e6 / n, delay / 1e3 / n,
-            (d[1] - c[1]) / n, (d[2] - c[2]) / n, (f[1] - e[1]) / n, (f[2] - e[2]) / n, g[1] / n, g[2] / n, tcp / n, worked
+            (d[1] - c[1]) / n, (d[2] - c[2]) / n, (f[1] - e[1]) / n, (f[2] - e[2]) / n, g[1] / n, g[2] / n, tcp / n, worked,
+            moved / n, pg_moved / n
     }'
 }
 
