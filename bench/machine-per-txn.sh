@@ -13,7 +13,7 @@
 #   bench/machine-per-txn.sh                      # 10 clients, select-only extended, 3 rounds of 4 s
 #   CLIENTS=50 ROUNDS=10 SECS=3 ARGS="-S -M simple" bench/machine-per-txn.sh
 #   B=/tmp/pgsplit-other bench/machine-per-txn.sh # a second pgsplit build in each round
-#   B_ENV="env PGSPLIT_PROXY_YIELD_BEFORE_SLEEP=false" bench/machine-per-txn.sh  # or a second setting
+#   B_ENV="env PGSPLIT_PROXY_YIELD_BEFORE_SLEEP=true" bench/machine-per-txn.sh   # or a second setting
 #
 # pgbench's CPU is its whole process, its logins included. Logins use md5
 # unless AUTH says otherwise (AUTH=scram-sha-256): under SCRAM, PgBouncer
@@ -21,7 +21,11 @@
 # pgbench's two threads derive theirs at once, which lands in both
 # figures (BENCHMARKS, session 17). OWN_GROUPS=1 gives each proxy and
 # pgbench a session, and so a scheduling group, of its own, as a
-# deployment gives a proxy its own container. Needs nstat (iproute2).
+# deployment gives a proxy its own container. PIN="PROXY PGBENCH POSTGRES"
+# fixes where each runs (CPU lists for taskset, "-" leaves one free:
+# PIN="0 0 1" puts both proxies and pgbench on CPU 0 and every PostgreSQL
+# process on CPU 1), so that rounds compare the proxies on one placement
+# instead of each drawing its own. Needs nstat (iproute2).
 # Traffic stays on loopback.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
@@ -42,28 +46,41 @@ start_pgbouncer "$AUTH"
 NAMES+=(PgBouncer) PORTS+=("$BOUNCER_PORT") PROXY_PIDS+=("$BOUNCER_PID")
 sleep 1
 HZ=$(getconf CLK_TCK)
+read -r PIN_PROXY PIN_PGBENCH PIN_POSTGRES <<<"${PIN:-- - -}"
+if [ "$PIN_PROXY" != - ]; then
+    for p in "${PROXY_PIDS[@]}"; do taskset -a -p -c "$PIN_PROXY" "$p" >/dev/null; done
+fi
+if [ "$PIN_POSTGRES" != - ]; then
+    # The postmaster too, so that backends forked later inherit the CPUs.
+    for p in $(pgrep -u postgres postgres); do taskset -p -c "$PIN_POSTGRES" "$p" >/dev/null; done
+fi
+PIN_PGB=()
+[ "$PIN_PGBENCH" != - ] && PIN_PGB=(taskset -c "$PIN_PGBENCH")
 
 # "busy idle" jiffies of the whole machine.
 machine() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8, $5 + $6}' /proc/stat; }
 # "pid ticks" for every PostgreSQL process.
 backends() { for p in $(pgrep -u postgres postgres); do echo "$p $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0)"; done | sort; }
 # "voluntary involuntary" context switches of the given processes' threads.
-switches() { for p in "$@"; do cat "/proc/$p"/task/*/status 2>/dev/null; done | awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {n += $2} END {print v + 0, n + 0}'; }
+switches() { for p in "$@"; do cat "/proc/$p"/task/*/status 2>/dev/null || true; done | awk '/^voluntary_ctxt/ {v += $2} /^nonvoluntary_ctxt/ {n += $2} END {print v + 0, n + 0}'; }
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 # Moves from one CPU to the other of the given processes' threads
 # (/proc/PID/sched; 0 where the kernel does not show it).
-migrations() { for p in "$@"; do cat "/proc/$p"/task/*/sched 2>/dev/null; done | awk '$1 == "se.nr_migrations" {s += $3} END {print s + 0}'; }
+migrations() { for p in "$@"; do cat "/proc/$p"/task/*/sched 2>/dev/null || true; done | awk '$1 == "se.nr_migrations" {s += $3} END {print s + 0}'; }
 # Nanoseconds the process's threads spent runnable but waiting for a CPU.
 run_delay() { cat "/proc/$1"/task/*/schedstat 2>/dev/null | awk '{s += $2} END {printf "%.0f\n", s}'; }
 
 run() { # NAME PORT PROXY_PID
-    local pgb=(${OWN_GROUPS:+setsid} pgbench -n -c "$CLIENTS" -j 2 "${PGBENCH_ARGS[@]}" -h 127.0.0.1 -p "$2" -U app app)
+    local pgb=(${OWN_GROUPS:+setsid} "${PIN_PGB[@]}" pgbench -n -c "$CLIENTS" -j 2 "${PGBENCH_ARGS[@]}" -h 127.0.0.1 -p "$2" -U app app)
     PGPASSWORD=app-secret "${pgb[@]}" -T 1 >/dev/null 2>&1
     local pg_pids m0 b0 p0 s0 x0 r0 g0 h0 out m1 b1 p1 s1 x1 r1 g1 h1 tcp
     pg_pids=$(pgrep -u postgres postgres | tr '\n' ' ')
     nstat -n >/dev/null
     m0=$(machine) b0=$(backends) p0=$(ticks "$3") s0=$(switches $pg_pids) x0=$(switches "$3") r0=$(run_delay "$3") g0=$(migrations "$3") h0=$(migrations $pg_pids)
-    out=$({ /usr/bin/time -f "TIME %U %S %w %c" env PGPASSWORD=app-secret "${pgb[@]}" -T "$SECS"; } 2>&1)
+    if ! out=$({ /usr/bin/time -f "TIME %U %S %w %c" env PGPASSWORD=app-secret "${pgb[@]}" -T "$SECS"; } 2>&1); then
+        echo "$1: pgbench failed: $(grep -v '^TIME' <<<"$out" | tail -3 | tr '\n' ' ')"
+        return 0
+    fi
     m1=$(machine) b1=$(backends) p1=$(ticks "$3") s1=$(switches $pg_pids) x1=$(switches "$3") r1=$(run_delay "$3") g1=$(migrations "$3") h1=$(migrations $pg_pids)
     tcp=$(nstat 2>/dev/null | awk '$1 == "TcpOutSegs" {print $2}')
     local txns tps pgbench_cpu pgbench_switches worked pg_ticks
@@ -85,7 +102,7 @@ run() { # NAME PORT PROXY_PID
     }'
 }
 
-echo "clients=$CLIENTS args=${PGBENCH_ARGS[*]} rounds=$ROUNDS seconds=$SECS"
+echo "clients=$CLIENTS args=${PGBENCH_ARGS[*]} rounds=$ROUNDS seconds=$SECS pin=${PIN:-none}"
 # The order flips every round (first to last, then last to first), so
 # that no target always runs first after the previous round's last.
 ORDER=("${!NAMES[@]}")

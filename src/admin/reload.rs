@@ -207,11 +207,11 @@ mod tests {
         )
         .unwrap();
         new.proxy.worker_threads = 4;
-        new.proxy.yield_before_sleep = false;
+        new.proxy.yield_before_sleep = true;
         keep_restart_only_settings(&old, &mut new);
         assert_eq!(new.proxy.listen, "127.0.0.1:1");
         assert_eq!(new.proxy.worker_threads, 1, "the runtime is built once");
-        assert!(new.proxy.yield_before_sleep, "the runtime is built once");
+        assert!(!new.proxy.yield_before_sleep, "the runtime is built once");
         assert_eq!(new.users[0].name, "c", "other settings change");
     }
 }

@@ -70,15 +70,15 @@ fn environment_overrides_proxy_keys() {
     assert_eq!(c.proxy.query_wait_timeout.0, Duration::from_millis(250));
     assert_eq!(c.proxy.worker_threads, 1, "one event loop by default");
     assert!(
-        c.proxy.yield_before_sleep,
-        "yields before sleeping by default"
+        !c.proxy.yield_before_sleep,
+        "does not yield before sleeping by default"
     );
-    let no_yield = vec![(
+    let yields = vec![(
         "PGSPLIT_PROXY_YIELD_BEFORE_SLEEP".to_string(),
-        "false".to_string(),
+        "true".to_string(),
     )];
-    let c = Config::parse(MINIMAL, "f", no_yield.into_iter()).unwrap();
-    assert!(!c.proxy.yield_before_sleep);
+    let c = Config::parse(MINIMAL, "f", yields.into_iter()).unwrap();
+    assert!(c.proxy.yield_before_sleep);
     let threads = vec![("PGSPLIT_PROXY_WORKER_THREADS".to_string(), "0".to_string())];
     let c = Config::parse(MINIMAL, "f", threads.into_iter()).unwrap();
     assert_eq!(c.proxy.worker_threads, 0);
