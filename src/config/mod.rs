@@ -130,9 +130,9 @@ pub struct ProxyConfig {
     /// clients its last writes woke, if they wait for that CPU, run
     /// first. Not while any client waits for a server: then the pools
     /// are the bottleneck and answers that free servers must not wait.
-    /// Off by default: measured here it cost CPU per transaction in
-    /// every placement of the processes and gave way to any task on the
-    /// CPU, not only to pgsplit's own group (README, Layout).
+    /// Off by default: measured here it cost CPU per transaction and
+    /// bought no throughput, and it gives the CPU to any task the
+    /// scheduler picks, not only to pgsplit's own group (README, Layout).
     pub yield_before_sleep: bool,
 }
 
