@@ -5,10 +5,13 @@
 # PostgreSQL processes and of pgbench, how long the proxy sat runnable
 # waiting for a CPU (its run delay, from schedstat), context switches per
 # transaction, TCP segments per transaction, how many backends did the
-# work, and how often the proxy's and PostgreSQL's threads moved from one
-# CPU to another. On a machine that pgbench, the proxy and PostgreSQL share, TPS
-# follows all of these together, not the proxy's CPU alone (BENCHMARKS,
-# session 13: 1 µs more of it per transaction cost no measurable TPS).
+# work, how often the proxy's and PostgreSQL's threads moved from one
+# CPU to another, and how much of pgbench's and PostgreSQL's CPU time was
+# on the proxy's CPU (bench/placement.py). On a machine that pgbench,
+# the proxy and PostgreSQL share, TPS follows all of these together, not
+# the proxy's CPU alone (BENCHMARKS, session 13: 1 µs more of it per
+# transaction cost no measurable TPS; session 23: a round runs fastest
+# with PostgreSQL mostly on the CPU the proxy is not on).
 #
 #   bench/machine-per-txn.sh                      # 10 clients, select-only extended, 3 rounds of 4 s
 #   CLIENTS=50 ROUNDS=10 SECS=3 ARGS="-S -M simple" bench/machine-per-txn.sh
@@ -77,10 +80,15 @@ run() { # NAME PORT PROXY_PID
     pg_pids=$(pgrep -u postgres postgres | tr '\n' ' ')
     nstat -n >/dev/null
     m0=$(machine) b0=$(backends) p0=$(ticks "$3") s0=$(switches $pg_pids) x0=$(switches "$3") r0=$(run_delay "$3") g0=$(migrations "$3") h0=$(migrations $pg_pids)
+    # Where pgbench and PostgreSQL ran relative to the proxy, sampled
+    # inside the measured run.
+    python3 "$(dirname "$0")/placement.py" "$3" "$(awk -v s="$SECS" 'BEGIN {print s * 0.75}')" >"$WORK/placement" &
+    local sampler=$!
     if ! out=$({ /usr/bin/time -f "TIME %U %S %w %c" env PGPASSWORD=app-secret "${pgb[@]}" -T "$SECS"; } 2>&1); then
         echo "$1: pgbench failed: $(grep -v '^TIME' <<<"$out" | tail -3 | tr '\n' ' ')"
         return 0
     fi
+    wait "$sampler" || true
     m1=$(machine) b1=$(backends) p1=$(ticks "$3") s1=$(switches $pg_pids) x1=$(switches "$3") r1=$(run_delay "$3") g1=$(migrations "$3") h1=$(migrations $pg_pids)
     tcp=$(nstat 2>/dev/null | awk '$1 == "TcpOutSegs" {print $2}')
     local txns tps pgbench_cpu pgbench_switches worked pg_ticks
@@ -92,13 +100,13 @@ run() { # NAME PORT PROXY_PID
     awk -v name="$1" -v tps="$tps" -v n="$txns" -v m0="$m0" -v m1="$m1" -v hz="$HZ" \
         -v proxy=$(($p1 - $p0)) -v pg="$pg_ticks" -v pgb="$pgbench_cpu" -v s0="$s0" -v s1="$s1" -v x0="$x0" -v x1="$x1" \
         -v w="$pgbench_switches" -v tcp="${tcp:-0}" -v worked="$worked" -v delay=$((r1 - r0)) \
-        -v moved=$((g1 - g0)) -v pg_moved=$((h1 - h0)) 'BEGIN {
+        -v placement="$(cat "$WORK/placement")" -v moved=$((g1 - g0)) -v pg_moved=$((h1 - h0)) 'BEGIN {
         split(m0, a, " "); split(m1, b, " "); split(s0, c, " "); split(s1, d, " "); split(x0, e, " "); split(x1, f, " "); split(w, g, " ")
         busy = b[1] - a[1]; idle = b[2] - a[2]
-        printf "%-10s tps %7.0f  idle %4.1f%%  us/txn: proxy %5.1f  postgres %5.1f  pgbench %5.1f  proxy waiting for a CPU %5.1f  | sleeps/preempted per txn: postgres %.2f/%.2f proxy %.2f/%.2f pgbench %.2f/%.2f  tcp segments %.2f /txn  backends working %d  | migrations per txn: proxy %.3f postgres %.3f\n",
+        printf "%-10s tps %7.0f  idle %4.1f%%  us/txn: proxy %5.1f  postgres %5.1f  pgbench %5.1f  proxy waiting for a CPU %5.1f  | sleeps/preempted per txn: postgres %.2f/%.2f proxy %.2f/%.2f pgbench %.2f/%.2f  tcp segments %.2f /txn  backends working %d  | migrations per txn: proxy %.3f postgres %.3f  | %s\n",
             name, tps, 100 * idle / (busy + idle), proxy / hz * 1e6 / n, pg / hz * 1e6 / n, pgb * 1e6 / n, delay / 1e3 / n,
             (d[1] - c[1]) / n, (d[2] - c[2]) / n, (f[1] - e[1]) / n, (f[2] - e[2]) / n, g[1] / n, g[2] / n, tcp / n, worked,
-            moved / n, pg_moved / n
+            moved / n, pg_moved / n, placement
     }'
 }
 
