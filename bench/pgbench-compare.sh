@@ -5,7 +5,8 @@
 # -M simple, extended and prepared; select-only with a new connection per
 # transaction (-C) under SCRAM and md5 client auth; TPC-B-like with -M
 # simple; at 1, 10, 50 and 200 clients. A direct connection is measured for
-# reference. Prints TPS, average latency and pgsplit/PgBouncer ratios.
+# reference. Prints TPS, average latency and pgsplit/PgBouncer ratios (of
+# the medians, and of TPS run by run).
 #
 # This machine's speed drifts by 10-30% over a few seconds (other guests on
 # the host), more than the difference being measured. So a run is cut into
@@ -94,24 +95,24 @@ ratio() { python3 -c 'import sys; a,b=sys.argv[1:]; print("n/a" if "n/a" in (a,b
 
 printf '\npgbench, %s s per run in alternating %s s slices (one slice above 50 clients), median of %s runs, scale %s, pool_size %s, transaction pooling\n' "$DURATION" "$SLICE" "$RUNS" "${SCALE:-10}" "$POOL_SIZE"
 printf 'PostgreSQL %s, PgBouncer %s, %s cores\n\n' "$("$PGBIN/postgres" --version | awk '{print $3}')" "$BOUNCER_VERSION" "$(nproc)"
-printf '| workload | mode | auth | clients | direct TPS | pgsplit TPS | PgBouncer TPS | TPS ratio | pgsplit lat ms | PgBouncer lat ms | latency ratio |\n'
-printf '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n'
+printf '| workload | mode | auth | clients | direct TPS | pgsplit TPS | PgBouncer TPS | TPS ratio | pgsplit lat ms | PgBouncer lat ms | latency ratio | TPS ratio of each run |\n'
+printf '|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n'
 cell() { # workload mode auth flags split_port bouncer_port
     local workload=$1 mode=$2 auth=$3 flags=$4 sp=$5 bp=$6
     [[ -n "${ONLY:-}" && ! "$workload $mode $auth" =~ $ONLY ]] && return
     for c in $CLIENTS; do
-        local st=() sl=() bt=() bl=() dt=()
+        local st=() sl=() bt=() bl=() dt=() runs=()
         for r in $(seq "$RUNS"); do
             read -r t l t2 l2 <<<"$(run_pair "$sp" "$bp" "$c" "$flags" "$r")"
-            st+=("$t"); sl+=("$l"); bt+=("$t2"); bl+=("$l2")
+            st+=("$t"); sl+=("$l"); bt+=("$t2"); bl+=("$l2"); runs+=("$(ratio "$t" "$t2")")
         done
         read -r t _ <<<"$(combine "$(slice "$PG_PORT" "$c" "$flags" "$DURATION")")"; dt+=("$t")
         local s_tps s_lat b_tps b_lat
         s_tps=$(median "${st[@]}"); s_lat=$(median "${sl[@]}")
         b_tps=$(median "${bt[@]}"); b_lat=$(median "${bl[@]}")
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$workload" "$mode" "$auth" "$c" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$workload" "$mode" "$auth" "$c" \
             "$(median "${dt[@]}" | cut -d. -f1)" "$(cut -d. -f1 <<<"$s_tps")" "$(cut -d. -f1 <<<"$b_tps")" \
-            "$(ratio "$s_tps" "$b_tps")" "$s_lat" "$b_lat" "$(ratio "$s_lat" "$b_lat")"
+            "$(ratio "$s_tps" "$b_tps")" "$s_lat" "$b_lat" "$(ratio "$s_lat" "$b_lat")" "$(IFS=/; echo "${runs[*]}")"
     done
 }
 cell select-only simple scram "-S -M simple" "$SPLIT_SCRAM" "$BOUNCER_SCRAM"
