@@ -11,8 +11,8 @@ spent on the proxy's CPU when it last ran where the proxy's main thread
 Prints one line: how much of pgbench's and of PostgreSQL's CPU time was
 on the proxy's CPU. Approximate (clock ticks, the CPU at the end of each
 interval), but on a 2-core machine it tells the placements apart: with
-PostgreSQL mostly on the other CPU a 10-client round runs up to a
-quarter faster than with everything mixed (BENCHMARKS, session 23).
+PostgreSQL mostly on the other CPU a 10-client round runs about an
+eighth faster than with everything mixed (BENCHMARKS, session 23).
 """
 import os
 import sys
