@@ -19,6 +19,7 @@
 #   bench/pgbench-compare.sh            # 5 s per run in 1 s slices, 3 runs per cell
 #   DURATION=10 RUNS=5 CLIENTS="10 50" bench/pgbench-compare.sh
 #   ONLY="select-only simple scram" bench/pgbench-compare.sh   # cells matching a regex
+#   SLICE_LOG=/tmp/slices.txt bench/pgbench-compare.sh         # and every slice's TPS
 #
 # Installs Debian's pgbouncer when missing. Traffic stays on loopback.
 set -euo pipefail
@@ -37,8 +38,19 @@ start_pgbouncer scram-sha-256; BOUNCER_SCRAM=$BOUNCER_PORT
 start_pgbouncer md5; BOUNCER_MD5=$BOUNCER_PORT
 BOUNCER_VERSION=$("$PGBOUNCER" --version | head -1 | awk '{print $2}')
 
+# Which target a port is, for the slice log.
+target_name() {
+    case $1 in
+        "$SPLIT_SCRAM") echo pgsplit-scram ;; "$SPLIT_MD5") echo pgsplit-md5 ;;
+        "$BOUNCER_SCRAM") echo pgbouncer-scram ;; "$BOUNCER_MD5") echo pgbouncer-md5 ;;
+        *) echo direct ;;
+    esac
+}
+
 # One pgbench invocation: prints "transactions seconds latency_ms", or
 # "n/a n/a n/a" when it fails. Seconds exclude the initial connection time.
+# With SLICE_LOG set, also appends the time, target, clients, flags, TPS
+# and login time of every invocation to that file.
 slice() { # port clients flags seconds
     local out
     if ! out=$(PGPASSWORD=app-secret pgbench -n -h 127.0.0.1 -p "$1" -U app -c "$2" -j 2 -T "$4" $3 app 2>&1); then
@@ -48,6 +60,10 @@ slice() { # port clients flags seconds
     txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
     tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
     lat=$(sed -n 's/^latency average = \([0-9.]*\) ms/\1/p' <<<"$out")
+    if [ -n "${SLICE_LOG:-}" ]; then
+        printf '%s %s clients=%s flags="%s" tps=%s connect_ms=%s\n' "$(date +%T.%N | cut -c1-12)" "$(target_name "$1")" "$2" "$3" \
+            "${tps:-n/a}" "$(sed -n 's/^initial connection time = \([0-9.]*\) ms/\1/p' <<<"$out")" >>"$SLICE_LOG"
+    fi
     if grep -q "number of failed transactions: [1-9]" <<<"$out" || [ -z "$tps" ] || [ "${txns:-0}" = 0 ]; then
         echo "n/a n/a n/a"
     else
